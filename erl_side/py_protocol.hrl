@@ -1,0 +1,25 @@
+%% Wire protocol shared with the Python extension; keep in step with
+%% erlang_module/protocol.h, which documents every kind.
+%%
+%% Frame (port option {packet,4}): <<Kind:8, Worker:32/big, Seq:32/big, Payload/binary>>
+%% Payload is one term_to_binary/1 term.  Worker 0 is the control channel.
+
+-define(PY_PROTOCOL_VERSION, 1).
+
+%% Python -> BEAM
+-define(K_CALL,    1).   %% {Name :: binary(), Args :: list()}
+-define(K_APPLY,   2).   %% {Module :: atom(), Function :: atom(), Args :: list()}
+-define(K_EVAL,    3).   %% Source :: binary()
+-define(K_CANCEL,  4).   %% [] -- kill the handler if it still runs (Worker, Seq)
+
+%% BEAM -> Python
+-define(K_OK,     16).   %% Result
+-define(K_ERROR,  17).   %% {Class, Reason, Stacktrace}
+-define(K_HELLO,  18).   %% worker 0: #{protocol, otp_release, erts_version, node, os_pid}
+-define(K_OUTPUT, 19).   %% {stdout | stderr, Data :: binary()}
+
+%% reserved: Erlang -> Python calls and messages
+-define(K_CALLBACK,       32).
+-define(K_CALLBACK_REPLY, 33).
+-define(K_SEND,           34).
+-define(K_MESSAGE,        35).

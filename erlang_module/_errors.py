@@ -1,0 +1,108 @@
+"""The exceptions of the erlang package (see the README's error table)."""
+
+__all__ = ["Error", "UndefinedFunction", "CallTimeout", "HelperExited"]
+
+
+def _short(term, limit=300):
+    text = repr(term)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Error(RuntimeError):
+    """An Erlang function raised: ``kind`` is ``'error'``, ``'throw'`` or
+    ``'exit'``, ``reason`` the decoded reason, ``stacktrace`` the decoded
+    Erlang stack trace (a list of ``(Module, Function, ArityOrArgs,
+    Location)`` tuples, possibly empty)."""
+
+    def __init__(self, kind, reason, stacktrace=()):
+        self.kind = kind
+        self.reason = reason
+        self.stacktrace = stacktrace
+        super().__init__(self._message())
+
+    def _message(self):
+        where = ""
+        for frame in self.stacktrace or ():
+            if isinstance(frame, tuple) and len(frame) == 4:
+                mod, fun, arity, _loc = frame
+                if isinstance(arity, list):
+                    arity = len(arity)
+                where = " in %s:%s/%s" % (mod, fun, arity)
+                break
+        return "Erlang %s%s: %s" % (self.kind, where, _short(self.reason))
+
+    def __reduce__(self):
+        return (type(self), (self.kind, self.reason, self.stacktrace))
+
+
+class UndefinedFunction(Error):
+    """No function is registered under that name, or ``apply`` named a
+    function that does not exist (``error:undef``)."""
+
+    def _message(self):
+        r = self.reason
+        if isinstance(r, tuple) and len(r) == 2 and r[0] == "undefined_function":
+            return "no Erlang function registered as %r" % (r[1],)
+        for frame in self.stacktrace or ():
+            if isinstance(frame, tuple) and len(frame) == 4:
+                mod, fun, args, _loc = frame
+                n = len(args) if isinstance(args, list) else args
+                return "undefined Erlang function %s:%s/%s" % (mod, fun, n)
+        return "undefined Erlang function"
+
+
+class CallTimeout(TimeoutError):
+    """The call's ``timeout`` (or the ``call_timeout`` start option) elapsed.
+    The helper was told to abandon the call; its late reply, if any, is
+    dropped and never reaches a later call."""
+
+
+class HelperExited(ConnectionError):
+    """The helper BEAM is gone or never started.  ``status`` is its exit
+    status (negative: killed by that signal; None: unknown) and ``stderr``
+    the last lines it wrote to stderr."""
+
+    def __init__(self, message, status=None, stderr=""):
+        self.status = status
+        self.stderr = stderr
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.status, self.stderr))
+
+
+def make_error(kind, reason, stacktrace):
+    """Builds the exception for an ERROR reply (called from C)."""
+    if kind == "error" and (
+        reason == "undef"
+        or (isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "undefined_function")
+    ):
+        return UndefinedFunction(kind, reason, stacktrace)
+    return Error(kind, reason, stacktrace)
+
+
+def make_exited(wait_status, why, stderr_tail):
+    """Builds HelperExited from a waitpid status (-1: unknown), a reason text
+    and the helper's stderr tail (called from C)."""
+    import os
+
+    tail = stderr_tail.decode("utf-8", "replace") if isinstance(stderr_tail, bytes) else stderr_tail
+    status = None
+    if wait_status >= 0:
+        if os.WIFEXITED(wait_status):
+            status = os.WEXITSTATUS(wait_status)
+            how = "exited with status %d" % status
+        elif os.WIFSIGNALED(wait_status):
+            status = -os.WTERMSIG(wait_status)
+            how = "was killed by signal %d" % -status
+        else:
+            how = "stopped"
+    else:
+        how = "is gone"
+    msg = why or ("the Erlang helper %s" % how)
+    if why and wait_status >= 0:
+        msg += " (it %s)" % how
+    lines = [ln for ln in tail.strip().splitlines() if ln.strip()]
+    if lines:
+        msg += "; its stderr ends with:\n" + "\n".join(lines[-10:])
+    return HelperExited(msg, status, tail)

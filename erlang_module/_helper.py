@@ -1,0 +1,207 @@
+"""Starting and stopping the helper BEAM; the output pump.
+
+The C extension owns the channel; this module decides how the helper is
+started (the erl command line and environment), starts it lazily on the first
+call (exactly once, however many threads call at the same moment), runs
+``on_start`` after every start, forwards helper output that no call is
+waiting for to ``sys.stdout``/``sys.stderr``, and stops the helper at exit.
+"""
+import atexit
+import os
+import shutil
+import sys
+import threading
+
+from . import _erlang
+from ._errors import HelperExited
+
+EBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "priv", "ebin")
+
+_ALLOWED = {
+    "erl", "args", "code_path", "modules", "timeout", "call_timeout",
+    "binaries", "on_start", "env",
+}
+
+_lock = threading.RLock()      # start/stop/autostart
+_options = {}                  # options of the last explicit start()
+_pump = None
+_pump_stop = False
+
+
+def _find_erl(erl):
+    erl = erl or os.environ.get("ERL") or "erl"
+    path = erl if os.sep in erl else shutil.which(erl)
+    if not path or not os.access(path, os.X_OK):
+        raise HelperExited(
+            "Erlang's `erl` was not found (looked for %r). Install Erlang/OTP "
+            "(Debian/Ubuntu: apt-get install -y erlang-base), or pass "
+            "erlang.start(erl='/path/to/erl'), or set $ERL." % erl
+        )
+    return path
+
+
+def _check(options):
+    unknown = set(options) - _ALLOWED
+    if unknown:
+        raise TypeError("unknown start option(s): %s" % ", ".join(sorted(unknown)))
+    for key in ("args", "code_path", "modules"):
+        v = options.get(key)
+        if isinstance(v, (str, bytes)):
+            raise TypeError("start option %r must be a list of strings, not a string" % key)
+    ct = options.get("call_timeout")
+    if ct is not None and not (isinstance(ct, (int, float)) and ct >= 0):
+        raise ValueError("call_timeout must be a number >= 0 or None")
+    t = options.get("timeout", 30.0)
+    if not (isinstance(t, (int, float)) and t > 0):
+        raise ValueError("timeout must be a number > 0")
+    b = options.get("binaries", "str")
+    if b not in ("str", "bytes"):
+        raise ValueError("binaries must be 'str' or 'bytes'")
+    if options.get("on_start") is not None and not callable(options["on_start"]):
+        raise TypeError("on_start must be callable")
+
+
+def command_line(options):
+    """The helper's argv for these start options."""
+    argv = [_find_erl(options.get("erl")), "-noshell", "-noinput", "+Bi", "-pa", EBIN]
+    for d in options.get("code_path") or ():
+        argv += ["-pa", os.fspath(d)]
+    argv += [os.fspath(a) for a in options.get("args") or ()]
+    # `-s` takes the plain words after it as arguments: keep it last.
+    argv += ["-user", "py_user", "-s", "py_boot", "start"]
+    return argv
+
+
+def _environment(options):
+    env = dict(os.environ)
+    # A helper that crashes must not leave erl_crash.dump in the user's
+    # working directory: with 0 seconds the emulator writes no dump.
+    env.setdefault("ERL_CRASH_DUMP_SECONDS", "0")
+    env.update(options.get("env") or {})
+    return ["%s=%s" % kv for kv in env.items()]
+
+
+def start(**options):
+    """Starts the helper with these options (see the README)."""
+    _check(options)
+    with _lock:
+        if _erlang.is_running():
+            raise RuntimeError("the Erlang helper is already running; call erlang.stop() first")
+        _start_locked(options)
+        _options.clear()
+        _options.update(options)
+
+
+def _start_locked(options):
+    argv = command_line(options)
+    ct = options.get("call_timeout")
+    hello = _erlang._start(
+        argv,
+        _environment(options),
+        float(options.get("timeout", 30.0)),
+        -1.0 if ct is None else float(ct),
+        options.get("binaries", "str"),
+    )
+    _ensure_pump()
+    try:
+        from . import load_module
+
+        for m in options.get("modules") or ():
+            load_module(os.fspath(m))
+        if options.get("on_start") is not None:
+            options["on_start"]()
+    except BaseException:
+        _erlang._stop(2.0)
+        raise
+    return hello
+
+
+def autostart():
+    """Starts the default helper (or the last start()'s options again after
+    the helper died).  Called by the C core when a call finds no helper."""
+    with _lock:
+        if not _erlang.is_running():
+            _start_locked(dict(_options))
+
+
+def stop(timeout=5.0):
+    """Stops the helper: closes its stdin, so it halts; kills it if it has
+    not exited within `timeout` seconds.  Returns True if one was running."""
+    with _lock:
+        stopped = _erlang._stop(float(timeout))
+    _drain_output()
+    return stopped
+
+
+# ------------------------------------------------------------------ output
+
+def write_output(stream, data):
+    """Writes helper output to sys.stdout or sys.stderr (called from C for
+    output of the call being waited for, and by the pump for the rest)."""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", "replace")
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    if out is None:
+        return
+    out.write(data)
+    out.flush()
+
+
+def _show(item):
+    kind, data = item
+    if kind == 255:  # raw stderr of the helper
+        write_output("stderr", data)
+        return
+    try:
+        stream, text = _erlang.binary_to_term(data)
+    except Exception:  # a malformed frame must not kill the pump
+        return
+    write_output(stream, text)
+
+
+def _pump_main():
+    while not _pump_stop:
+        item = _erlang._next_output(0.5)
+        if item is not None:
+            try:
+                _show(item)
+            except Exception:
+                pass
+
+
+def _ensure_pump():
+    global _pump
+    if _pump is None or not _pump.is_alive():
+        _pump = threading.Thread(target=_pump_main, name="erlang-output", daemon=True)
+        _pump.start()
+
+
+def _drain_output():
+    while True:
+        item = _erlang._next_output(0)
+        if item is None:
+            return
+        try:
+            _show(item)
+        except Exception:
+            pass
+
+
+@atexit.register
+def _at_exit():
+    global _pump_stop
+    try:
+        _erlang._stop(2.0)
+    finally:
+        _pump_stop = True
+        _erlang._wake_output()
+        _drain_output()
+
+
+def _after_fork_in_child():
+    global _lock, _pump
+    _lock = threading.RLock()
+    _pump = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

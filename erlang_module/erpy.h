@@ -1,0 +1,82 @@
+/* Internal interface between the C files of the extension.
+ *
+ *   codec.c      Python object <-> external term format (ei + bounds checks)
+ *   transport.c  frames, worker pool, leader/followers reading, waiting
+ *   spawn.c      starting the helper process, its stderr, reaping
+ *   module.c     the Python module `erlang._erlang`: glue and entry points
+ *
+ * Conventions: every internal symbol starts with erpy_ (ei_ is libei's).
+ * Functions returning int return 0 on success, -1 with a Python exception set
+ * (when they are called with the GIL held) unless their comment says otherwise.
+ * Comments on functions that run without the GIL say so: those never touch a
+ * PyObject.
+ */
+#ifndef ERPY_H
+#define ERPY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "protocol.h"
+
+/* ---------------------------------------------------------------- buffers */
+
+/* A growable byte buffer.  Owned by whoever embeds it; free with
+ * erpy_buf_free.  Never shrinks on its own. */
+typedef struct {
+    char *data;
+    size_t len;
+    size_t cap;
+} erpy_buf;
+
+/* Makes room for `extra` more bytes after len.  Returns 0, or -1 when out of
+ * memory (no Python exception: callable without the GIL). */
+int erpy_buf_reserve_nogil(erpy_buf *b, size_t extra);
+/* Same, with MemoryError set on failure (GIL held). */
+int erpy_buf_reserve(erpy_buf *b, size_t extra);
+void erpy_buf_free(erpy_buf *b);
+
+/* ------------------------------------------------------------------ codec */
+
+/* What the codec needs from Python: the classes of the type table and the
+ * decoding options.  Filled by module.c from erlang/_types.py; all strong
+ * references. */
+typedef struct {
+    PyObject *Atom;          /* str subclass */
+    PyObject *Pid;           /* opaque: constructed as Pid(raw_bytes) */
+    PyObject *Reference;
+    PyObject *Port;
+    PyObject *Fun;
+    PyObject *ImproperList;  /* ImproperList(items: list, tail) */
+    PyObject *BitString;     /* BitString(data: bytes, bits: int) */
+    PyObject *atom_cache;    /* dict: bytes (UTF-8 name) -> Atom, bounded */
+} erpy_codec;
+
+/* Decoding options (per call, from the helper's start options). */
+typedef struct {
+    int binaries_as_bytes;   /* 1: every binary decodes to bytes */
+} erpy_decode_opts;
+
+/* Appends the external-term-format encoding of obj to b, WITHOUT the leading
+ * version byte (131).  On error b->len is unspecified (callers reset it) and
+ * an exception is set: TypeError for unsupported types (naming the type),
+ * ValueError for NaN/inf floats, atoms over 255 characters, bad BitString,
+ * UnicodeEncodeError for str with lone surrogates, RecursionError for nesting
+ * deeper than the recursion limit (or ERPY_MAX_DEPTH, whichever is lower). */
+int erpy_encode(erpy_codec *c, erpy_buf *b, PyObject *obj);
+
+/* Decodes one term starting at buf[*index] (after any version byte), never
+ * reading outside buf[0..len).  Advances *index past the term.  Returns a new
+ * reference, or NULL with an exception set: ValueError("malformed ...") for
+ * bad or truncated input, TypeError for a map key that Python cannot hash,
+ * RecursionError for nesting too deep. */
+PyObject *erpy_decode(erpy_codec *c, const erpy_decode_opts *o,
+                      const char *buf, size_t len, size_t *index);
+
+/* Hard cap on container nesting, on top of Py_EnterRecursiveCall, so that a
+ * raised sys.setrecursionlimit cannot overflow a thread's C stack. */
+#define ERPY_MAX_DEPTH 10000
+
+#endif

@@ -1,0 +1,863 @@
+/* erlang._erlang: the module glue.
+ *
+ * Multi-phase init; the codec's references to the Python classes of the type
+ * table live in the module state (set once by erlang/__init__.py through
+ * _init_types).  The transport (transport.c) is process-global C state, not
+ * module state, because pthread key destructors and fork handlers reach it
+ * from places where no module object is at hand.
+ */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "erpy.h"
+#include "transport.h"
+
+typedef struct {
+    erpy_codec codec;
+    /* Set by erlang/__init__.py through _init_runtime; strong references. */
+    PyObject *autostart;      /* () -> None: starts the default helper */
+    PyObject *make_error;     /* (kind, reason, stacktrace) -> Error instance */
+    PyObject *make_exited;    /* (status, why, stderr_tail) -> HelperExited instance */
+    PyObject *write_output;   /* (stream, data) -> None */
+    PyObject *CallTimeout;    /* class */
+    /* Start options in force (written under the GIL). */
+    double call_timeout;      /* seconds; < 0: none */
+    erpy_decode_opts dopts;
+    unsigned long main_thread;
+} module_state;
+
+#define MAIN_SLICE_MS 50      /* Ctrl-C latency bound for a waiting main thread */
+#define OTHER_SLICE_MS 1000   /* a safety net only: waiters are woken explicitly */
+
+static struct PyModuleDef erpy_moduledef;
+
+static inline module_state *
+get_state(PyObject *module)
+{
+    return (module_state *)PyModule_GetState(module);
+}
+
+/* ------------------------------------------------------------- _init_types */
+
+static PyObject *
+m_init_types(PyObject *module, PyObject *args)
+{
+    module_state *st = get_state(module);
+    PyObject *t[7];
+    if (!PyArg_ParseTuple(args, "OOOOOOO:_init_types",
+                          &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]))
+        return NULL;
+    PyObject **slots[7] = {&st->codec.Atom, &st->codec.Pid, &st->codec.Reference,
+                           &st->codec.Port, &st->codec.Fun,
+                           &st->codec.ImproperList, &st->codec.BitString};
+    for (int i = 0; i < 7; i++) {
+        if (!PyType_Check(t[i])) {
+            PyErr_SetString(PyExc_TypeError, "_init_types takes classes");
+            return NULL;
+        }
+        Py_INCREF(t[i]);
+        Py_XSETREF(*slots[i], t[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+codec_ready(module_state *st)
+{
+    if (st->codec.Atom == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "erlang._erlang used before _init_types");
+        return 0;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------ term_to_binary / back */
+
+static PyObject *
+m_term_to_binary(PyObject *module, PyObject *obj)
+{
+    module_state *st = get_state(module);
+    if (!codec_ready(st))
+        return NULL;
+    erpy_buf b = {0};
+    PyObject *res = NULL;
+    if (erpy_buf_reserve(&b, 64) < 0)
+        goto done;
+    b.data[b.len++] = (char)131;
+    if (erpy_encode(&st->codec, &b, obj) < 0)
+        goto done;
+    res = PyBytes_FromStringAndSize(b.data, (Py_ssize_t)b.len);
+done:
+    erpy_buf_free(&b);
+    return res;
+}
+
+/* Parses the `binaries` option: "str" (default) or "bytes".  Returns 0/1, or
+ * -1 with ValueError set. */
+static int
+erpy_parse_binaries_opt(PyObject *v)
+{
+    if (v == NULL || v == Py_None)
+        return 0;
+    if (PyUnicode_Check(v)) {
+        if (PyUnicode_CompareWithASCIIString(v, "str") == 0)
+            return 0;
+        if (PyUnicode_CompareWithASCIIString(v, "bytes") == 0)
+            return 1;
+    }
+    PyErr_Format(PyExc_ValueError, "binaries must be 'str' or 'bytes', not %R", v);
+    return -1;
+}
+
+static PyObject *
+m_binary_to_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
+{
+    static const char *const kwlist[] = {"data", "binaries", NULL};
+    module_state *st = get_state(module);
+    if (!codec_ready(st))
+        return NULL;
+    PyObject *data = NULL, *binaries = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "binary_to_term(data, binaries='str')");
+        return NULL;
+    }
+    data = args[0];
+    if (nargs == 2)
+        binaries = args[1];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, kwlist[1]) == 0 && binaries == NULL) {
+            binaries = args[nargs + i];
+        } else {
+            PyErr_Format(PyExc_TypeError, "binary_to_term() got an unexpected keyword argument %R", k);
+            return NULL;
+        }
+    }
+    erpy_decode_opts o;
+    int bb = erpy_parse_binaries_opt(binaries);
+    if (bb < 0)
+        return NULL;
+    o.binaries_as_bytes = bb;
+
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *res = NULL;
+    const char *p = view.buf;
+    size_t len = (size_t)view.len, idx = 0;
+    if (len < 1 || (unsigned char)p[0] != 131) {
+        PyErr_SetString(PyExc_ValueError,
+                        "malformed term: does not start with version byte 131");
+        goto done;
+    }
+    idx = 1;
+    res = erpy_decode(&st->codec, &o, p, len, &idx);
+    if (res != NULL && idx != len) {
+        Py_CLEAR(res);
+        PyErr_Format(PyExc_ValueError, "malformed term: %zu trailing bytes", len - idx);
+    }
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+
+/* -------------------------------------------------------------- runtime */
+
+static PyObject *
+m_init_runtime(PyObject *module, PyObject *args)
+{
+    module_state *st = get_state(module);
+    PyObject *a, *e, *x, *o, *ct;
+    unsigned long main_ident;
+    if (!PyArg_ParseTuple(args, "OOOOOk:_init_runtime", &a, &e, &x, &o, &ct, &main_ident))
+        return NULL;
+    int rc = erpy_transport_init();
+    if (rc != 0) {
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_INCREF(a); Py_XSETREF(st->autostart, a);
+    Py_INCREF(e); Py_XSETREF(st->make_error, e);
+    Py_INCREF(x); Py_XSETREF(st->make_exited, x);
+    Py_INCREF(o); Py_XSETREF(st->write_output, o);
+    Py_INCREF(ct); Py_XSETREF(st->CallTimeout, ct);
+    st->main_thread = main_ident;
+    Py_RETURN_NONE;
+}
+
+/* Sets HelperExited for a dead (or never started) bridge.  Returns NULL. */
+static PyObject *
+raise_exited(module_state *st, erpy_bridge *b, const char *why)
+{
+    char tail[4096] = "";
+    int status = -1;
+    if (b != NULL) {
+        erpy_bridge_stderr_tail(b, tail, sizeof tail);
+        status = b->exit_status;
+        if (why == NULL && b->why[0])
+            why = b->why;
+    }
+    PyObject *exc = PyObject_CallFunction(st->make_exited, "isy", status,
+                                          why ? why : "",
+                                          tail);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+/* Converts a timeout argument to an absolute deadline.  Returns 0 (with
+ * *deadline_ns 0 for none) or -1 with an exception set. */
+static int
+deadline_from(module_state *st, PyObject *timeout, uint64_t *deadline_ns)
+{
+    double t;
+    if (timeout == NULL || timeout == Py_None) {
+        t = st->call_timeout;
+        if (t < 0) {
+            *deadline_ns = 0;
+            return 0;
+        }
+    } else {
+        t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
+                         Py_TYPE(timeout)->tp_name);
+            return -1;
+        }
+        if (!(t >= 0) || isinf(t)) {
+            if (isinf(t) && t > 0) {
+                *deadline_ns = 0;
+                return 0;
+            }
+            PyErr_SetString(PyExc_ValueError, "timeout must be >= 0 (or None)");
+            return -1;
+        }
+    }
+    *deadline_ns = erpy_now_ns() + (uint64_t)(t * 1e9) + 1;
+    return 0;
+}
+
+/* Starts the default helper through Python when there is none.  Returns the
+ * live bridge, or NULL with an exception set. */
+static erpy_bridge *
+live_bridge(module_state *st)
+{
+    erpy_bridge *b = erpy_bridge_current();
+    if (b != NULL && !b->dead)
+        return b;
+    PyObject *r = PyObject_CallNoArgs(st->autostart);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    b = erpy_bridge_current();
+    if (b == NULL || b->dead) {
+        raise_exited(st, b, "the helper is not running");
+        return NULL;
+    }
+    return b;
+}
+
+/* Sends CANCEL for (w, seq) so the helper kills the handler still running it. */
+static void
+send_cancel(erpy_bridge *b, erpy_worker *w, uint32_t seq)
+{
+    char f[4 + ERPY_HEADER_SIZE + 2];
+    uint32_t blen = ERPY_HEADER_SIZE + 2;
+    f[0] = (char)(blen >> 24); f[1] = (char)(blen >> 16); f[2] = (char)(blen >> 8); f[3] = (char)blen;
+    f[4] = ERPY_K_CANCEL;
+    f[5] = (char)(w->id >> 24); f[6] = (char)(w->id >> 16); f[7] = (char)(w->id >> 8); f[8] = (char)w->id;
+    f[9] = (char)(seq >> 24); f[10] = (char)(seq >> 16); f[11] = (char)(seq >> 8); f[12] = (char)seq;
+    f[13] = (char)131;
+    f[14] = 106;   /* NIL_EXT: [] */
+    Py_BEGIN_ALLOW_THREADS
+    erpy_bridge_write(b, f, sizeof f);
+    Py_END_ALLOW_THREADS
+}
+
+/* Decodes a whole payload (version byte + one term).  Returns a new
+ * reference or NULL with an exception set. */
+static PyObject *
+decode_payload(module_state *st, const char *p, size_t len)
+{
+    if (len < 1 || (unsigned char)p[0] != 131) {
+        PyErr_SetString(PyExc_ValueError, "malformed reply from the helper: no version byte");
+        return NULL;
+    }
+    size_t idx = 1;
+    PyObject *v = erpy_decode(&st->codec, &st->dopts, p, len, &idx);
+    if (v != NULL && idx != len) {
+        Py_DECREF(v);
+        PyErr_SetString(PyExc_ValueError, "malformed reply from the helper: trailing bytes");
+        return NULL;
+    }
+    return v;
+}
+
+/* Shows an OUTPUT frame through erlang's output writer.  Errors are
+ * reported as unraisable: printing must not fail a call. */
+static void
+show_output(module_state *st, erpy_frame *f)
+{
+    PyObject *t = decode_payload(st, f->payload, f->plen);
+    PyObject *r = NULL;
+    if (t != NULL && PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 2)
+        r = PyObject_CallFunctionObjArgs(st->write_output, PyTuple_GET_ITEM(t, 0),
+                                         PyTuple_GET_ITEM(t, 1), NULL);
+    else if (t != NULL)
+        PyErr_SetString(PyExc_ValueError, "malformed OUTPUT frame from the helper");
+    if (r == NULL)
+        PyErr_WriteUnraisable(st->write_output);
+    Py_XDECREF(r);
+    Py_XDECREF(t);
+}
+
+/* Turns the frames of a finished call into its result.  Consumes frames.
+ * Returns a new reference or NULL with an exception set. */
+static PyObject *
+finish(module_state *st, erpy_frame *frames)
+{
+    PyObject *res = NULL;
+    erpy_frame *reply = NULL;
+    for (erpy_frame *f = frames; f; f = f->next) {
+        if (f->kind == ERPY_K_OUTPUT)
+            show_output(st, f);
+        else
+            reply = f;
+    }
+    if (reply == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "internal error: call finished without a reply");
+    } else if (reply->kind == ERPY_K_OK) {
+        res = decode_payload(st, reply->payload, reply->plen);
+    } else if (reply->kind == ERPY_K_ERROR) {
+        PyObject *t = decode_payload(st, reply->payload, reply->plen);
+        if (t != NULL) {
+            PyObject *exc = NULL;
+            if (PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 3)
+                exc = PyObject_CallFunctionObjArgs(st->make_error, PyTuple_GET_ITEM(t, 0),
+                                                   PyTuple_GET_ITEM(t, 1),
+                                                   PyTuple_GET_ITEM(t, 2), NULL);
+            else
+                PyErr_SetString(PyExc_ValueError, "malformed ERROR reply from the helper");
+            if (exc != NULL) {
+                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+                Py_DECREF(exc);
+            }
+            Py_DECREF(t);
+        }
+    } else {
+        PyErr_Format(PyExc_ValueError, "malformed reply from the helper: unknown frame kind %d",
+                     (int)reply->kind);
+    }
+    erpy_frames_free(frames);
+    return res;
+}
+
+/* Frame header for a request of `kind`, reserved at the start of w->out. */
+static int
+begin_frame(erpy_worker *w, int kind)
+{
+    w->out.len = 0;
+    if (erpy_buf_reserve(&w->out, 4 + ERPY_HEADER_SIZE + 256) < 0)
+        return -1;
+    w->out.data[4] = (char)kind;
+    w->out.len = 4 + ERPY_HEADER_SIZE;
+    w->out.data[w->out.len++] = (char)131;
+    return 0;
+}
+
+/* Sends the frame in w->out and waits for its reply.  Returns the decoded
+ * result (new reference) or NULL with an exception set. */
+static PyObject *
+roundtrip(module_state *st, erpy_worker *w, PyObject *timeout)
+{
+    uint64_t deadline;
+    if (deadline_from(st, timeout, &deadline) < 0)
+        return NULL;
+    erpy_bridge *b;
+    uint32_t seq;
+    int reg = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        b = live_bridge(st);
+        if (b == NULL)
+            return NULL;
+        seq = ++w->seq;
+        if (seq == 0)
+            seq = ++w->seq;
+        char *d = w->out.data;
+        uint32_t blen = (uint32_t)(w->out.len - 4);
+        d[0] = (char)(blen >> 24); d[1] = (char)(blen >> 16); d[2] = (char)(blen >> 8); d[3] = (char)blen;
+        d[5] = (char)(w->id >> 24); d[6] = (char)(w->id >> 16); d[7] = (char)(w->id >> 8); d[8] = (char)w->id;
+        d[9] = (char)(seq >> 24); d[10] = (char)(seq >> 16); d[11] = (char)(seq >> 8); d[12] = (char)seq;
+        Py_BEGIN_ALLOW_THREADS
+        reg = erpy_wait_register(b, w, seq);
+        if (reg == 0)
+            /* A failed write means the helper is gone: the reader sees EOF
+             * and the wait below reports it. */
+            (void)erpy_bridge_write(b, w->out.data, w->out.len);
+        Py_END_ALLOW_THREADS
+        if (reg == 0)
+            break;
+        /* It died between live_bridge and now: start again once. */
+    }
+    if (reg != 0)
+        return raise_exited(st, b, NULL);
+    int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : OTHER_SLICE_MS;
+    for (;;) {
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = erpy_wait(b, w, deadline, slice);
+        Py_END_ALLOW_THREADS
+        switch (r) {
+        case ERPY_W_REPLY:
+            return finish(st, erpy_inbox_take(b, w));
+        case ERPY_W_OUTPUT: {
+            erpy_frame *f = erpy_inbox_take(b, w);
+            for (erpy_frame *x = f; x; x = x->next)
+                show_output(st, x);
+            erpy_frames_free(f);
+            break;
+        }
+        case ERPY_W_DEAD:
+            erpy_wait_abandon(b, w);
+            return raise_exited(st, b, NULL);
+        case ERPY_W_TIMEOUT:
+            erpy_wait_abandon(b, w);
+            send_cancel(b, w, seq);
+            PyErr_Format(st->CallTimeout, "no reply within the timeout (%s)",
+                         timeout && timeout != Py_None ? "timeout=" : "call_timeout");
+            return NULL;
+        default:
+            if (PyErr_CheckSignals() < 0) {
+                erpy_wait_abandon(b, w);
+                send_cancel(b, w, seq);
+                return NULL;
+            }
+        }
+    }
+}
+
+/* Appends Python str/bytes `name` as a binary (the registry key).  Returns
+ * 0 or -1 with an exception set. */
+static int
+encode_name(module_state *st, erpy_worker *w, PyObject *name)
+{
+    if (!PyUnicode_Check(name) && !PyBytes_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "function name must be str, not %.100s",
+                     Py_TYPE(name)->tp_name);
+        return -1;
+    }
+    if (PyUnicode_Check(name) && Py_TYPE(name) != &PyUnicode_Type) {
+        /* erlang.Atom names a function just as its text does. */
+        PyObject *plain = PyUnicode_FromObject(name);
+        if (plain == NULL)
+            return -1;
+        int r = erpy_encode(&st->codec, &w->out, plain);
+        Py_DECREF(plain);
+        return r;
+    }
+    return erpy_encode(&st->codec, &w->out, name);
+}
+
+static erpy_worker *
+my_worker(void)
+{
+    erpy_worker *w = erpy_worker_get();
+    if (w == NULL)
+        PyErr_SetFromErrno(PyExc_OSError);
+    return w;
+}
+
+/* Parses a trailing timeout= keyword.  Returns 0 or -1. */
+static int
+parse_timeout_kw(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                 PyObject **timeout, const char *fname)
+{
+    *timeout = NULL;
+    if (kwnames == NULL)
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0) {
+            *timeout = args[nargs + i];
+        } else {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname, k);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* call(name, *args, timeout=None) */
+static PyObject *
+m_call(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    module_state *st = get_state(module);
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *timeout;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call() missing the function name");
+        return NULL;
+    }
+    if (parse_timeout_kw(args, nargs, kwnames, &timeout, "call") < 0)
+        return NULL;
+    erpy_worker *w = my_worker();
+    if (w == NULL)
+        return NULL;
+    if (begin_frame(w, ERPY_K_CALL) < 0)
+        return NULL;
+    /* {Name :: binary(), Args :: list()} */
+    if (erpy_buf_reserve(&w->out, 8) < 0)
+        return NULL;
+    w->out.data[w->out.len++] = 104;  /* SMALL_TUPLE_EXT */
+    w->out.data[w->out.len++] = 2;
+    if (encode_name(st, w, args[0]) < 0)
+        return NULL;
+    Py_ssize_t n = nargs - 1;
+    if (n > 0) {
+        if (erpy_buf_reserve(&w->out, 5) < 0)
+            return NULL;
+        char *d = w->out.data + w->out.len;
+        d[0] = 108;  /* LIST_EXT */
+        d[1] = (char)((uint32_t)n >> 24); d[2] = (char)((uint32_t)n >> 16);
+        d[3] = (char)((uint32_t)n >> 8); d[4] = (char)n;
+        w->out.len += 5;
+        for (Py_ssize_t i = 1; i < nargs; i++)
+            if (erpy_encode(&st->codec, &w->out, args[i]) < 0)
+                return NULL;
+    }
+    if (erpy_buf_reserve(&w->out, 1) < 0)
+        return NULL;
+    w->out.data[w->out.len++] = 106;  /* NIL_EXT */
+    return roundtrip(st, w, timeout);
+}
+
+/* _request(kind, payload, timeout): APPLY and EVAL; payload is encoded as is. */
+static PyObject *
+m_request(PyObject *module, PyObject *args)
+{
+    module_state *st = get_state(module);
+    int kind;
+    PyObject *payload, *timeout;
+    if (!PyArg_ParseTuple(args, "iOO:_request", &kind, &payload, &timeout))
+        return NULL;
+    if (kind != ERPY_K_APPLY && kind != ERPY_K_EVAL && kind != ERPY_K_CALL) {
+        PyErr_SetString(PyExc_ValueError, "bad request kind");
+        return NULL;
+    }
+    erpy_worker *w = my_worker();
+    if (w == NULL)
+        return NULL;
+    if (begin_frame(w, kind) < 0)
+        return NULL;
+    if (erpy_encode(&st->codec, &w->out, payload) < 0)
+        return NULL;
+    return roundtrip(st, w, timeout);
+}
+
+/* Frees a NULL-terminated array of strings made by to_cstrings. */
+static void
+free_cstrings(char **v)
+{
+    if (v == NULL)
+        return;
+    for (char **p = v; *p; p++)
+        PyMem_Free(*p);
+    PyMem_Free(v);
+}
+
+/* Copies a sequence of str/bytes into a NULL-terminated array.  Returns NULL
+ * with an exception set on error. */
+static char **
+to_cstrings(PyObject *seq, const char *what)
+{
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    char **v = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (v == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *bytes = NULL;
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(fast, i), &bytes))
+            goto error;
+        Py_ssize_t len = PyBytes_GET_SIZE(bytes);
+        v[i] = PyMem_Malloc((size_t)len + 1);
+        if (v[i] == NULL) {
+            Py_DECREF(bytes);
+            PyErr_NoMemory();
+            goto error;
+        }
+        memcpy(v[i], PyBytes_AS_STRING(bytes), (size_t)len + 1);
+        Py_DECREF(bytes);
+    }
+    Py_DECREF(fast);
+    return v;
+error:
+    Py_DECREF(fast);
+    free_cstrings(v);
+    return NULL;
+}
+
+/* _start(argv, env, timeout, call_timeout, binaries) -> hello dict */
+static PyObject *
+m_start(PyObject *module, PyObject *args)
+{
+    module_state *st = get_state(module);
+    PyObject *argv_o, *env_o, *binaries;
+    double timeout, call_timeout;
+    if (!PyArg_ParseTuple(args, "OOddO:_start", &argv_o, &env_o, &timeout, &call_timeout,
+                          &binaries))
+        return NULL;
+    int bb = erpy_parse_binaries_opt(binaries);
+    if (bb < 0)
+        return NULL;
+    erpy_bridge *old = erpy_bridge_current();
+    if (old != NULL && !old->dead) {
+        PyErr_SetString(PyExc_RuntimeError, "the helper is already running");
+        return NULL;
+    }
+    if (old != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        erpy_bridge_stop(old, 0);   /* reap what is left of the dead one */
+        Py_END_ALLOW_THREADS
+    }
+    char **argv = to_cstrings(argv_o, "argv must be a sequence");
+    if (argv == NULL)
+        return NULL;
+    char **envp = to_cstrings(env_o, "env must be a sequence");
+    if (envp == NULL) {
+        free_cstrings(argv);
+        return NULL;
+    }
+    int err = 0;
+    erpy_bridge *b;
+    Py_BEGIN_ALLOW_THREADS
+    b = erpy_bridge_start(argv, envp, &err);
+    Py_END_ALLOW_THREADS
+    free_cstrings(argv);
+    free_cstrings(envp);
+    if (b == NULL) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "could not start the helper: %s", strerror(err));
+        return raise_exited(st, NULL, msg);
+    }
+    st->call_timeout = call_timeout;
+    st->dopts.binaries_as_bytes = bb;
+    uint64_t end = erpy_now_ns() + (uint64_t)(timeout * 1e9);
+    int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : OTHER_SLICE_MS;
+    for (;;) {
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = erpy_bridge_wait_hello(b, slice);
+        Py_END_ALLOW_THREADS
+        if (r == 1)
+            break;
+        if (r == 0) {
+            Py_BEGIN_ALLOW_THREADS
+            erpy_bridge_stop(b, 0);
+            Py_END_ALLOW_THREADS
+            return raise_exited(st, b, "the helper exited during start-up");
+        }
+        int interrupted = PyErr_CheckSignals() < 0;
+        if (interrupted || erpy_now_ns() >= end) {
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            Py_BEGIN_ALLOW_THREADS
+            erpy_bridge_kill(b);
+            erpy_bridge_stop(b, 1000);
+            Py_END_ALLOW_THREADS
+            if (interrupted) {
+                PyErr_Restore(et, ev, tb);
+                return NULL;
+            }
+            char msg[200];
+            snprintf(msg, sizeof msg, "the helper did not answer within %.1f s of starting",
+                     timeout);
+            return raise_exited(st, b, msg);
+        }
+    }
+    erpy_frame *h = b->hello;
+    PyObject *hello = decode_payload(st, h->payload, h->plen);
+    if (hello == NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        erpy_bridge_stop(b, 1000);
+        Py_END_ALLOW_THREADS
+    }
+    return hello;
+}
+
+/* _stop(timeout) -> bool: whether a helper was stopped. */
+static PyObject *
+m_stop(PyObject *module, PyObject *arg)
+{
+    double t = PyFloat_AsDouble(arg);
+    if (t == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(t >= 0))
+        t = 0;
+    erpy_bridge *b = erpy_bridge_current();
+    if (b == NULL)
+        Py_RETURN_FALSE;
+    int was_alive = !b->dead;
+    Py_BEGIN_ALLOW_THREADS
+    erpy_bridge_stop(b, t > 3600 ? 3600000 : (int)(t * 1000));
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(was_alive);
+}
+
+static PyObject *
+m_is_running(PyObject *module, PyObject *unused)
+{
+    erpy_bridge *b = erpy_bridge_current();
+    return PyBool_FromLong(b != NULL && !b->dead);
+}
+
+/* _helper_pid() -> int | None (the OS pid of the live helper) */
+static PyObject *
+m_helper_pid(PyObject *module, PyObject *unused)
+{
+    erpy_bridge *b = erpy_bridge_current();
+    if (b == NULL || b->dead || b->pid <= 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLong((long)b->pid);
+}
+
+/* _next_output(timeout) -> (kind, bytes) | None: helper output not tied to a
+ * waiting call (kind 19, an ETF payload) or raw helper stderr (kind 255). */
+static PyObject *
+m_next_output(PyObject *module, PyObject *arg)
+{
+    double t = PyFloat_AsDouble(arg);
+    if (t == -1.0 && PyErr_Occurred())
+        return NULL;
+    erpy_frame *f;
+    Py_BEGIN_ALLOW_THREADS
+    f = erpy_output_next(t <= 0 ? 0 : (int)(t * 1000));
+    Py_END_ALLOW_THREADS
+    if (f == NULL)
+        Py_RETURN_NONE;
+    PyObject *r = Py_BuildValue("(iy#)", (int)f->kind, f->payload, (Py_ssize_t)f->plen);
+    free(f);
+    return r;
+}
+
+static PyObject *
+m_wake_output(PyObject *module, PyObject *unused)
+{
+    erpy_output_wake();
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ module */
+
+static PyMethodDef erpy_methods[] = {
+    {"_init_types", m_init_types, METH_VARARGS,
+     "_init_types(Atom, Pid, Reference, Port, Fun, ImproperList, BitString)"},
+    {"term_to_binary", m_term_to_binary, METH_O,
+     "term_to_binary(obj) -> bytes: the external term format of obj"},
+    {"binary_to_term", (PyCFunction)(void (*)(void))m_binary_to_term,
+     METH_FASTCALL | METH_KEYWORDS,
+     "binary_to_term(data, binaries='str') -> object"},
+    {"_init_runtime", m_init_runtime, METH_VARARGS,
+     "_init_runtime(autostart, make_error, make_exited, write_output, CallTimeout, main_ident)"},
+    {"call", (PyCFunction)(void (*)(void))m_call, METH_FASTCALL | METH_KEYWORDS,
+     "call(name, *args, timeout=None): call a registered Erlang function"},
+    {"_request", m_request, METH_VARARGS, "_request(kind, payload, timeout)"},
+    {"_start", m_start, METH_VARARGS, "_start(argv, env, timeout, call_timeout, binaries)"},
+    {"_stop", m_stop, METH_O, "_stop(timeout) -> bool"},
+    {"is_running", m_is_running, METH_NOARGS, "is_running() -> bool: is a helper up"},
+    {"_helper_pid", m_helper_pid, METH_NOARGS, "_helper_pid() -> int | None"},
+    {"_next_output", m_next_output, METH_O, "_next_output(timeout) -> (kind, bytes) | None"},
+    {"_wake_output", m_wake_output, METH_NOARGS, "_wake_output()"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+erpy_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    module_state *st = get_state(m);
+    Py_VISIT(st->codec.Atom);
+    Py_VISIT(st->codec.Pid);
+    Py_VISIT(st->codec.Reference);
+    Py_VISIT(st->codec.Port);
+    Py_VISIT(st->codec.Fun);
+    Py_VISIT(st->codec.ImproperList);
+    Py_VISIT(st->codec.BitString);
+    Py_VISIT(st->codec.atom_cache);
+    Py_VISIT(st->autostart);
+    Py_VISIT(st->make_error);
+    Py_VISIT(st->make_exited);
+    Py_VISIT(st->write_output);
+    Py_VISIT(st->CallTimeout);
+    return 0;
+}
+
+static int
+erpy_clear(PyObject *m)
+{
+    module_state *st = get_state(m);
+    Py_CLEAR(st->codec.Atom);
+    Py_CLEAR(st->codec.Pid);
+    Py_CLEAR(st->codec.Reference);
+    Py_CLEAR(st->codec.Port);
+    Py_CLEAR(st->codec.Fun);
+    Py_CLEAR(st->codec.ImproperList);
+    Py_CLEAR(st->codec.BitString);
+    Py_CLEAR(st->codec.atom_cache);
+    Py_CLEAR(st->autostart);
+    Py_CLEAR(st->make_error);
+    Py_CLEAR(st->make_exited);
+    Py_CLEAR(st->write_output);
+    Py_CLEAR(st->CallTimeout);
+    return 0;
+}
+
+static void
+erpy_free(void *m)
+{
+    erpy_clear((PyObject *)m);
+}
+
+static int
+erpy_exec(PyObject *m)
+{
+    module_state *st = get_state(m);
+    st->codec.atom_cache = PyDict_New();
+    if (st->codec.atom_cache == NULL)
+        return -1;
+    st->call_timeout = -1;
+    return 0;
+}
+
+static PyModuleDef_Slot erpy_slots[] = {
+    {Py_mod_exec, erpy_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef erpy_moduledef = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "erlang._erlang",
+    .m_doc = "C core of the erlang package: codec and transport.",
+    .m_size = sizeof(module_state),
+    .m_methods = erpy_methods,
+    .m_slots = erpy_slots,
+    .m_traverse = erpy_traverse,
+    .m_clear = erpy_clear,
+    .m_free = erpy_free,
+};
+
+PyMODINIT_FUNC
+PyInit__erlang(void)
+{
+    return PyModuleDef_Init(&erpy_moduledef);
+}

@@ -1,0 +1,42 @@
+/* Wire protocol shared by the extension and the helper BEAM.
+ *
+ * Every frame on the helper's stdin/stdout is {packet,4}:
+ *     <<Len:32/big, Body:Len/binary>>
+ * and every Body starts with a fixed 9-byte header:
+ *     <<Kind:8, Worker:32/big, Seq:32/big, Payload/binary>>
+ * Payload is one term in external term format (starts with 131), except EVAL,
+ * whose payload is also an ETF binary holding the source text.
+ *
+ * The header lets the coordinator and the Python reader route a frame without
+ * decoding the payload.  Worker 0 is the control channel.  Seq is the worker's
+ * call counter; a reply whose Seq is not the one its worker waits for is stale
+ * and is dropped.
+ *
+ * Keep in step with erl_side/py_protocol.hrl.
+ */
+#ifndef ERPY_PROTOCOL_H
+#define ERPY_PROTOCOL_H
+
+#define ERPY_PROTOCOL_VERSION 1
+#define ERPY_HEADER_SIZE 9          /* Kind + Worker + Seq */
+
+/* Python -> BEAM */
+#define ERPY_K_CALL            1    /* {Name :: binary(), Args :: list()} */
+#define ERPY_K_APPLY           2    /* {Module :: atom(), Function :: atom(), Args :: list()} */
+#define ERPY_K_EVAL            3    /* Source :: binary() */
+#define ERPY_K_CANCEL          4    /* [] ; abandons (Worker, Seq): handler killed */
+
+/* BEAM -> Python */
+#define ERPY_K_OK             16    /* Result */
+#define ERPY_K_ERROR          17    /* {Class, Reason, Stacktrace} */
+#define ERPY_K_HELLO          18    /* worker 0: #{protocol, otp_release, erts_version, node, os_pid} */
+#define ERPY_K_OUTPUT         19    /* {stdout | stderr, Data :: binary()}; Worker/Seq of the call
+                                       that printed it, or 0/0 */
+
+/* reserved for Erlang -> Python calls and messages */
+#define ERPY_K_CALLBACK       32
+#define ERPY_K_CALLBACK_REPLY 33
+#define ERPY_K_SEND           34
+#define ERPY_K_MESSAGE        35
+
+#endif

@@ -1,0 +1,1044 @@
+/* Transport: frames to and from the helper, the worker pool, and how threads
+ * wait for their replies.  Nothing in this file touches a PyObject or needs
+ * the GIL.
+ *
+ * Reading (leader/followers).  Exactly one thread at a time reads the
+ * helper's stdout: the *leader*.  A thread waiting for a reply becomes the
+ * leader when nobody else is, so a lone caller reads its own reply and pays
+ * no hand-over.  The leader splits every chunk it reads into frames and puts
+ * each one in the inbox of the worker it is addressed to, waking that worker
+ * through its pipe; replies whose Seq is not the one their worker waits for
+ * are stale and are dropped.  When the leader has its own reply it steps down
+ * and wakes one waiting follower, which becomes the next leader.  A
+ * background thread takes the role when nobody has waited for a few
+ * milliseconds, so output of background Erlang processes and the helper's
+ * death are noticed even when no call is in flight.  The leader never blocks
+ * on another worker: wake-up pipes are non-blocking and one byte is enough.
+ *
+ * Locks: bridge->lock guards the leader, the waiting list, inboxes and the
+ * dead state; bridge->wlock serialises writes; pool_lock guards the free list;
+ * out_lock guards the output queue.  Never hold two of them at once except
+ * bridge->lock then out_lock (dispatch of output).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "transport.h"
+
+#define RBUF_SIZE (256 * 1024)
+#define MAX_FRAME ((size_t)INT32_MAX)
+#define BG_IDLE_NS (5 * 1000000ULL)      /* bg thread leads after 5 ms without callers */
+#define OUTPUT_QUEUE_MAX (8u << 20)     /* bytes of unclaimed output kept at most */
+#define CHUNK_BITS 8
+#define CHUNK_SIZE (1u << CHUNK_BITS)
+#define MAX_CHUNKS 256                  /* 65,536 workers */
+
+/* ------------------------------------------------------------------ util */
+
+uint64_t
+erpy_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void
+wake_fd(int fd)
+{
+    if (fd < 0)
+        return;
+    ssize_t r;
+    do {
+        r = write(fd, "x", 1);
+    } while (r < 0 && errno == EINTR);
+    /* EAGAIN: a byte is already pending, which is all a wake-up needs. */
+}
+
+static void
+drain_fd(int fd)
+{
+    char junk[64];
+    ssize_t r;
+    do {
+        r = read(fd, junk, sizeof junk);
+    } while (r == (ssize_t)sizeof junk || (r < 0 && errno == EINTR));
+}
+
+/* Blocks every signal in the calling thread (threads we create must never
+ * take SIGINT away from the thread Python expects it on). */
+static void
+block_all_signals(void)
+{
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+}
+
+void
+erpy_frames_free(erpy_frame *f)
+{
+    while (f) {
+        erpy_frame *n = f->next;
+        free(f);
+        f = n;
+    }
+}
+
+static uint32_t
+be32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return ((uint32_t)u[0] << 24) | ((uint32_t)u[1] << 16) | ((uint32_t)u[2] << 8) | u[3];
+}
+
+/* ------------------------------------------------------------ worker pool */
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static erpy_worker *chunks[MAX_CHUNKS];
+static uint32_t n_workers;              /* published with release ordering */
+static erpy_worker *free_list;
+static pthread_key_t worker_key;
+
+static erpy_worker *
+worker_by_id(uint32_t id)
+{
+    uint32_t n = __atomic_load_n(&n_workers, __ATOMIC_ACQUIRE);
+    if (id == 0 || id > n)
+        return NULL;
+    uint32_t i = id - 1;
+    return &chunks[i >> CHUNK_BITS][i & (CHUNK_SIZE - 1)];
+}
+
+static int
+worker_make_pipe(erpy_worker *w)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+        return -1;
+    w->pipe_r = p[0];
+    w->pipe_w = p[1];
+    return 0;
+}
+
+/* pthread key destructor: the thread is exiting, its worker goes back to the
+ * pool.  A worker still registered as waiting (its thread was ended in the
+ * middle of a call at interpreter shutdown) is left out of the pool. */
+static void
+worker_release(void *p)
+{
+    erpy_worker *w = p;
+    if (__atomic_load_n(&w->wait_seq, __ATOMIC_ACQUIRE) != 0)
+        return;
+    if (w->out.cap > 1 << 20)
+        erpy_buf_free(&w->out);
+    pthread_mutex_lock(&pool_lock);
+    w->in_use = 0;
+    w->free_next = free_list;
+    free_list = w;
+    pthread_mutex_unlock(&pool_lock);
+}
+
+erpy_worker *
+erpy_worker_get(void)
+{
+    erpy_worker *w = pthread_getspecific(worker_key);
+    if (w != NULL)
+        return w;
+    pthread_mutex_lock(&pool_lock);
+    w = free_list;
+    if (w != NULL) {
+        free_list = w->free_next;
+    } else {
+        uint32_t n = n_workers;
+        if (n >= MAX_CHUNKS * CHUNK_SIZE) {
+            pthread_mutex_unlock(&pool_lock);
+            errno = EMFILE;
+            return NULL;
+        }
+        if (chunks[n >> CHUNK_BITS] == NULL) {
+            erpy_worker *c = calloc(CHUNK_SIZE, sizeof(erpy_worker));
+            if (c == NULL) {
+                pthread_mutex_unlock(&pool_lock);
+                errno = ENOMEM;
+                return NULL;
+            }
+            for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
+                c[i].id = (n & ~(CHUNK_SIZE - 1)) + i + 1;
+                c[i].pipe_r = c[i].pipe_w = -1;
+            }
+            chunks[n >> CHUNK_BITS] = c;
+        }
+        w = &chunks[n >> CHUNK_BITS][n & (CHUNK_SIZE - 1)];
+        __atomic_store_n(&n_workers, n + 1, __ATOMIC_RELEASE);
+    }
+    w->in_use = 1;
+    w->free_next = NULL;
+    pthread_mutex_unlock(&pool_lock);
+    if (w->pipe_r < 0 && worker_make_pipe(w) < 0) {
+        int e = errno;
+        worker_release(w);
+        errno = e;
+        return NULL;
+    }
+    if (pthread_setspecific(worker_key, w) != 0) {
+        worker_release(w);
+        errno = ENOMEM;
+        return NULL;
+    }
+    return w;
+}
+
+/* ----------------------------------------------------------- output queue */
+
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t out_cond = PTHREAD_COND_INITIALIZER;
+static erpy_frame *out_head, *out_tail;
+static size_t out_bytes;
+static uint64_t out_dropped;
+static unsigned out_wakes;
+
+static void
+output_push(erpy_frame *f)
+{
+    pthread_mutex_lock(&out_lock);
+    if (out_bytes + f->blen > OUTPUT_QUEUE_MAX) {
+        out_dropped += f->blen;   /* nobody is printing: keep memory bounded */
+        free(f);
+    } else {
+        f->next = NULL;
+        if (out_tail)
+            out_tail->next = f;
+        else
+            out_head = f;
+        out_tail = f;
+        out_bytes += f->blen;
+        pthread_cond_signal(&out_cond);
+    }
+    pthread_mutex_unlock(&out_lock);
+}
+
+erpy_frame *
+erpy_output_next(int timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&out_lock);
+    unsigned wakes = out_wakes;
+    while (out_head == NULL && wakes == out_wakes) {
+        if (pthread_cond_timedwait(&out_cond, &out_lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    erpy_frame *f = out_head;
+    if (f) {
+        out_head = f->next;
+        if (out_head == NULL)
+            out_tail = NULL;
+        out_bytes -= f->blen;
+        f->next = NULL;
+    }
+    pthread_mutex_unlock(&out_lock);
+    return f;
+}
+
+void
+erpy_output_wake(void)
+{
+    pthread_mutex_lock(&out_lock);
+    out_wakes++;
+    pthread_cond_broadcast(&out_cond);
+    pthread_mutex_unlock(&out_lock);
+}
+
+/* ---------------------------------------------------------------- bridges */
+
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static erpy_bridge *current;
+
+erpy_bridge *
+erpy_bridge_current(void)
+{
+    pthread_mutex_lock(&current_lock);
+    erpy_bridge *b = current;
+    pthread_mutex_unlock(&current_lock);
+    return b;
+}
+
+/* Wakes one waiting worker other than `except` so that it takes the
+ * leader's role.  Lock held. */
+static void
+promote(erpy_bridge *b, erpy_worker *except)
+{
+    for (erpy_worker *x = b->waiting; x; x = x->wnext) {
+        if (x != except) {
+            wake_fd(x->pipe_w);
+            return;
+        }
+    }
+}
+
+/* Removes w from the waiting list and steps it down if it leads.  Lock held. */
+static void
+deregister(erpy_bridge *b, erpy_worker *w)
+{
+    if (w->wait_seq == 0)
+        return;
+    if (w->wprev)
+        w->wprev->wnext = w->wnext;
+    else
+        b->waiting = w->wnext;
+    if (w->wnext)
+        w->wnext->wprev = w->wprev;
+    w->wnext = w->wprev = NULL;
+    __atomic_store_n(&w->wait_seq, 0, __ATOMIC_RELEASE);
+    w->wait_bridge = NULL;
+    w->has_reply = 0;
+    b->n_waiting--;
+    b->last_activity_ns = erpy_now_ns();
+    if (b->leader == w) {
+        b->leader = NULL;
+        promote(b, w);
+    }
+}
+
+/* Marks the bridge dead and wakes everyone who waits on it.  Lock held. */
+static void
+mark_dead(erpy_bridge *b, int status, const char *why)
+{
+    if (b->dead)
+        return;
+    b->dead = 1;
+    b->exit_status = status;
+    if (why)
+        snprintf(b->why, sizeof b->why, "%s", why);
+    for (erpy_worker *x = b->waiting; x; x = x->wnext)
+        wake_fd(x->pipe_w);
+    wake_fd(b->bg_pipe[1]);
+    pthread_cond_broadcast(&b->cond);
+}
+
+/* Puts one complete frame where it belongs.  Lock held.  `self` is the
+ * thread's own worker when a worker leads (no wake-up needed for it). */
+static void
+dispatch(erpy_bridge *b, erpy_frame *f, erpy_worker *self)
+{
+    f->next = NULL;
+    if (f->worker == 0) {
+        if (f->kind == ERPY_K_HELLO && b->hello == NULL) {
+            b->hello = f;
+            pthread_cond_broadcast(&b->cond);
+        } else if (f->kind == ERPY_K_OUTPUT) {
+            output_push(f);
+        } else {
+            free(f);
+        }
+        return;
+    }
+    erpy_worker *w = worker_by_id(f->worker);
+    if (w == NULL || w->wait_bridge != b || w->wait_seq != f->seq || w->has_reply) {
+        /* Stale (timed out, cancelled, or duplicate) or unknown worker.
+         * Output is still shown; anything else is dropped. */
+        if (f->kind == ERPY_K_OUTPUT)
+            output_push(f);
+        else
+            free(f);
+        return;
+    }
+    if (w->inbox_tail)
+        w->inbox_tail->next = f;
+    else
+        w->inbox = f;
+    w->inbox_tail = f;
+    if (f->kind != ERPY_K_OUTPUT)
+        w->has_reply = 1;   /* OK, ERROR, or a kind we do not know: it ends the call */
+    if (w != self)
+        wake_fd(w->pipe_w);
+}
+
+/* Turns a complete frame body of length blen at src into a frame.  Returns
+ * NULL when out of memory. */
+static erpy_frame *
+frame_new(size_t blen)
+{
+    erpy_frame *f = malloc(sizeof(erpy_frame) + blen);
+    if (f == NULL)
+        return NULL;
+    f->next = NULL;
+    f->blen = blen;
+    return f;
+}
+
+static void
+frame_parse_header(erpy_frame *f)
+{
+    if (f->blen >= ERPY_HEADER_SIZE) {
+        f->kind = (uint8_t)f->body[0];
+        f->worker = be32(f->body + 1);
+        f->seq = be32(f->body + 5);
+        f->payload = f->body + ERPY_HEADER_SIZE;
+        f->plen = f->blen - ERPY_HEADER_SIZE;
+    } else {
+        /* Too short to carry a header: unroutable, dropped by dispatch. */
+        f->kind = 0;
+        f->worker = 0;
+        f->seq = 0;
+        f->payload = f->body + f->blen;
+        f->plen = 0;
+    }
+}
+
+enum { READ_EOF = -1, READ_ERROR = -2, READ_PROTOCOL = -3, READ_AGAIN = -4 };
+
+/* Reads what is available on from_fd (non-blocking) and splits it into
+ * frames, appended to *list.  *more is set when the read filled the space it
+ * was given (so more may be waiting).  Called by the leader only, without the
+ * lock.  Returns the number of complete frames (maybe 0), or a negative
+ * READ_* code. */
+static int
+read_frames(erpy_bridge *b, erpy_frame **list, erpy_frame **tail, int *more)
+{
+    size_t want;
+    *more = 0;
+    int nframes = 0;
+    ssize_t n;
+    if (b->big != NULL) {
+        erpy_frame *f = b->big;
+        want = f->blen - b->big_have;
+        do {
+            n = read(b->from_fd, f->body + b->big_have, want);
+        } while (n < 0 && errno == EINTR);
+        if (n == 0)
+            return READ_EOF;
+        if (n < 0)
+            return (errno == EAGAIN || errno == EWOULDBLOCK) ? READ_AGAIN : READ_ERROR;
+        b->big_have += (size_t)n;
+        *more = (size_t)n == want;
+        if (b->big_have < f->blen)
+            return 0;
+        frame_parse_header(f);
+        b->big = NULL;
+        *tail ? ((*tail)->next = f) : (*list = f);
+        *tail = f;
+        return 1;
+    }
+    if (b->rstart > 0 && b->rcap - b->rend < 65536) {
+        memmove(b->rbuf, b->rbuf + b->rstart, b->rend - b->rstart);
+        b->rend -= b->rstart;
+        b->rstart = 0;
+    }
+    want = b->rcap - b->rend;
+    if (want == 0)
+        return READ_PROTOCOL;   /* cannot happen: a frame that does not fit goes to b->big */
+    do {
+        n = read(b->from_fd, b->rbuf + b->rend, want);
+    } while (n < 0 && errno == EINTR);
+    if (n == 0)
+        return READ_EOF;
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? READ_AGAIN : READ_ERROR;
+    b->rend += (size_t)n;
+    *more = (size_t)n == want;
+    while (b->rend - b->rstart >= 4) {
+        size_t blen = be32(b->rbuf + b->rstart);
+        size_t have = b->rend - b->rstart - 4;
+        if (blen > MAX_FRAME)
+            return READ_PROTOCOL;
+        if (have >= blen) {
+            erpy_frame *f = frame_new(blen);
+            if (f == NULL)
+                return READ_PROTOCOL;
+            memcpy(f->body, b->rbuf + b->rstart + 4, blen);
+            frame_parse_header(f);
+            b->rstart += 4 + blen;
+            *tail ? ((*tail)->next = f) : (*list = f);
+            *tail = f;
+            nframes++;
+            continue;
+        }
+        if (4 + blen > b->rcap) {
+            /* Larger than the chunk buffer: read the rest straight into it. */
+            erpy_frame *f = frame_new(blen);
+            if (f == NULL)
+                return READ_PROTOCOL;
+            memcpy(f->body, b->rbuf + b->rstart + 4, have);
+            b->big = f;
+            b->big_have = have;
+            b->rstart = b->rend = 0;
+        }
+        break;
+    }
+    if (b->rstart == b->rend)
+        b->rstart = b->rend = 0;
+    return nframes;
+}
+
+/* Reaps the helper after its stdout closed: waits up to wait_ms for it to
+ * exit (it normally has already), then kills it.  Returns the wait status,
+ * or -1.  Called by the one thread that saw EOF, without the lock. */
+static int
+reap(erpy_bridge *b, int wait_ms)
+{
+    pid_t pid = b->pid;
+    if (pid <= 0)
+        return -1;
+    int status = -1;
+    uint64_t end = erpy_now_ns() + (uint64_t)wait_ms * 1000000ULL;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            break;
+        if (r < 0) {        /* ECHILD: reaped elsewhere (e.g. os.wait()) */
+            status = -1;
+            break;
+        }
+        if (erpy_now_ns() >= end) {
+            kill(pid, SIGKILL);
+            while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                ;
+            break;
+        }
+        struct timespec ts = {0, 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    b->pid = 0;
+    /* Give the stderr thread a moment to read the helper's last words. */
+    for (int i = 0; i < 200; i++) {
+        pthread_mutex_lock(&b->tail_lock);
+        int eof = b->err_eof;
+        pthread_mutex_unlock(&b->tail_lock);
+        if (eof)
+            break;
+        struct timespec ts = {0, 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return status;
+}
+
+/* One round of leading: waits up to timeout_ms for from_fd (and extra_fd,
+ * if >= 0) to be readable, reads and dispatches.  Called by the leader
+ * without the lock.  Returns LEAD_FRAMES, LEAD_IDLE (timeout, or only
+ * extra_fd was readable), LEAD_EINTR, or LEAD_DEAD when the bridge died. */
+enum { LEAD_FRAMES = 1, LEAD_IDLE = 0, LEAD_EINTR = -1, LEAD_DEAD = -2 };
+
+static int
+lead_once(erpy_bridge *b, erpy_worker *self, int timeout_ms, int extra_fd)
+{
+    struct pollfd pf[2] = {{b->from_fd, POLLIN, 0}, {extra_fd, POLLIN, 0}};
+    int r = poll(pf, extra_fd >= 0 ? 2 : 1, timeout_ms);
+    if (r < 0)
+        return errno == EINTR ? LEAD_EINTR : LEAD_IDLE;
+    if (r == 0)
+        return LEAD_IDLE;
+    if (extra_fd >= 0 && (pf[1].revents & POLLIN))
+        drain_fd(extra_fd);
+    if (pf[0].revents == 0)
+        return LEAD_IDLE;
+    erpy_frame *list = NULL, *tail = NULL;
+    int got = 0, rc, more;
+    /* Read while the pipe may hold more, but dispatch at least every 64
+     * frames so that others get their replies early.  A short read means the
+     * pipe is empty: no extra read() just to see EAGAIN. */
+    for (;;) {
+        rc = read_frames(b, &list, &tail, &more);
+        if (rc < 0)
+            break;
+        got += rc;
+        if (!more || got >= 64)
+            break;
+    }
+    if (list != NULL) {
+        pthread_mutex_lock(&b->lock);
+        while (list) {
+            erpy_frame *n = list->next;
+            dispatch(b, list, self);
+            list = n;
+        }
+        pthread_mutex_unlock(&b->lock);
+    }
+    if (rc >= 0 || rc == READ_AGAIN)
+        return got > 0 ? LEAD_FRAMES : LEAD_IDLE;
+    const char *why = rc == READ_EOF ? NULL
+                      : rc == READ_ERROR ? "error reading from the helper"
+                                         : "protocol error: bad frame from the helper (killed it)";
+    if (rc == READ_PROTOCOL && b->pid > 0)
+        kill(b->pid, SIGKILL);
+    int status = reap(b, 500);
+    pthread_mutex_lock(&b->lock);
+    mark_dead(b, status, why);
+    pthread_mutex_unlock(&b->lock);
+    return LEAD_DEAD;
+}
+
+/* ----------------------------------------------------------- bg + stderr */
+
+static void *
+bg_main(void *arg)
+{
+    erpy_bridge *b = arg;
+    block_all_signals();
+    pthread_mutex_lock(&b->lock);
+    while (!b->dead) {
+        uint64_t now = erpy_now_ns();
+        uint64_t idle = now - b->last_activity_ns;
+        if (b->leader == NULL && b->n_waiting == 0 && (idle >= BG_IDLE_NS || b->hello == NULL)) {
+            b->leader = ERPY_BG;
+            pthread_mutex_unlock(&b->lock);
+            int r = lead_once(b, NULL, 200, b->bg_pipe[0]);
+            pthread_mutex_lock(&b->lock);
+            if (r == LEAD_DEAD)
+                break;
+            if (b->leader == ERPY_BG) {
+                b->leader = NULL;
+                if (b->n_waiting > 0)
+                    promote(b, NULL);
+            }
+            continue;
+        }
+        int ms = 200;
+        if (b->n_waiting == 0 && idle < BG_IDLE_NS)
+            ms = (int)((BG_IDLE_NS - idle) / 1000000ULL) + 1;
+        pthread_mutex_unlock(&b->lock);
+        struct pollfd pf = {b->bg_pipe[0], POLLIN, 0};
+        if (poll(&pf, 1, ms) > 0)
+            drain_fd(b->bg_pipe[0]);
+        pthread_mutex_lock(&b->lock);
+    }
+    b->threads_running--;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+static void *
+err_main(void *arg)
+{
+    erpy_bridge *b = arg;
+    block_all_signals();
+    char buf[4096];
+    for (;;) {
+        ssize_t n = read(b->err_fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        pthread_mutex_lock(&b->tail_lock);
+        size_t keep = sizeof b->tail - 1;
+        if ((size_t)n >= keep) {
+            memcpy(b->tail, buf + n - keep, keep);
+            b->tail_len = keep;
+        } else {
+            if (b->tail_len + (size_t)n > keep) {
+                size_t drop = b->tail_len + (size_t)n - keep;
+                memmove(b->tail, b->tail + drop, b->tail_len - drop);
+                b->tail_len -= drop;
+            }
+            memcpy(b->tail + b->tail_len, buf, (size_t)n);
+            b->tail_len += (size_t)n;
+        }
+        pthread_mutex_unlock(&b->tail_lock);
+        erpy_frame *f = frame_new((size_t)n);
+        if (f) {
+            memcpy(f->body, buf, (size_t)n);
+            f->kind = ERPY_K_RAW_STDERR;
+            f->worker = f->seq = 0;
+            f->payload = f->body;
+            f->plen = (size_t)n;
+            output_push(f);
+        }
+    }
+    pthread_mutex_lock(&b->tail_lock);
+    b->err_eof = 1;
+    pthread_mutex_unlock(&b->tail_lock);
+    pthread_mutex_lock(&b->lock);
+    b->threads_running--;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+size_t
+erpy_bridge_stderr_tail(erpy_bridge *b, char *dst, size_t cap)
+{
+    pthread_mutex_lock(&b->tail_lock);
+    size_t n = b->tail_len < cap - 1 ? b->tail_len : cap - 1;
+    memcpy(dst, b->tail + b->tail_len - n, n);
+    dst[n] = 0;
+    pthread_mutex_unlock(&b->tail_lock);
+    return n;
+}
+
+static int
+start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 256 * 1024);
+    int rc = pthread_create(t, &a, fn, arg);
+    pthread_attr_destroy(&a);
+    return rc;
+}
+
+erpy_bridge *
+erpy_bridge_start(char *const argv[], char *const envp[], int *err)
+{
+    erpy_bridge *b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        *err = ENOMEM;
+        return NULL;
+    }
+    b->rbuf = malloc(RBUF_SIZE);
+    b->rcap = RBUF_SIZE;
+    b->exit_status = -1;
+    b->bg_pipe[0] = b->bg_pipe[1] = -1;
+    if (b->rbuf == NULL) {
+        *err = ENOMEM;
+        goto fail;
+    }
+    if (pipe2(b->bg_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        *err = errno;
+        goto fail;
+    }
+    pthread_mutex_init(&b->wlock, NULL);
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_mutex_init(&b->tail_lock, NULL);
+    pthread_cond_init(&b->cond, NULL);
+    *err = erpy_spawn(argv, envp, &b->pid, &b->to_fd, &b->from_fd, &b->err_fd);
+    if (*err != 0)
+        goto fail;
+    b->threads_running = 2;
+    if ((*err = start_thread(&b->err_thread, err_main, b)) != 0) {
+        b->threads_running = 0;
+        erpy_bridge_kill(b);
+        close(b->to_fd);
+        close(b->from_fd);
+        close(b->err_fd);
+        goto fail;
+    }
+    if ((*err = start_thread(&b->bg_thread, bg_main, b)) != 0) {
+        /* The stderr thread ends on its own when the helper dies. */
+        b->threads_running = 1;
+        erpy_bridge_kill(b);
+        close(b->to_fd);
+        b->to_fd = -1;
+        return NULL;   /* leaked on purpose: the stderr thread still uses it */
+    }
+    pthread_mutex_lock(&current_lock);
+    current = b;
+    pthread_mutex_unlock(&current_lock);
+    return b;
+fail:
+    if (b->bg_pipe[0] >= 0) {
+        close(b->bg_pipe[0]);
+        close(b->bg_pipe[1]);
+    }
+    free(b->rbuf);
+    free(b);
+    return NULL;
+}
+
+int
+erpy_bridge_wait_hello(erpy_bridge *b, int slice_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t abs_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec +
+                      (uint64_t)slice_ms * 1000000ULL;
+    ts.tv_sec = (time_t)(abs_ns / 1000000000ULL);
+    ts.tv_nsec = (long)(abs_ns % 1000000000ULL);
+    pthread_mutex_lock(&b->lock);
+    while (b->hello == NULL && !b->dead) {
+        if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    int r = b->hello ? 1 : b->dead ? 0 : -1;
+    pthread_mutex_unlock(&b->lock);
+    return r;
+}
+
+void
+erpy_bridge_kill(erpy_bridge *b)
+{
+    if (b->pid > 0)
+        kill(b->pid, SIGKILL);
+}
+
+void
+erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
+{
+    pthread_mutex_lock(&b->wlock);
+    if (b->to_fd >= 0) {
+        close(b->to_fd);     /* stdin EOF: the helper halts at once */
+        b->to_fd = -1;
+    }
+    pthread_mutex_unlock(&b->wlock);
+    pthread_mutex_lock(&b->lock);
+    b->stopping = 1;
+    wake_fd(b->bg_pipe[1]);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t abs_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec +
+                      (uint64_t)timeout_ms * 1000000ULL;
+    ts.tv_sec = (time_t)(abs_ns / 1000000000ULL);
+    ts.tv_nsec = (long)(abs_ns % 1000000000ULL);
+    while (!b->dead) {
+        if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    if (!b->dead) {
+        /* Did not halt in time (or nobody reads its stdout): kill it; the
+         * reader then sees EOF and reaps it. */
+        erpy_bridge_kill(b);
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 2;
+        while (!b->dead) {
+            if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
+                break;
+        }
+    }
+    /* Let the threads finish so that nothing of ours still runs after stop. */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    while (b->threads_running > 0) {
+        if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    if (b->dead && b->threads_running == 0 && !b->closed) {
+        /* Nobody reads these any more (a dead bridge has no leader). */
+        b->closed = 1;
+        close(b->from_fd);
+        close(b->err_fd);
+        close(b->bg_pipe[0]);
+        close(b->bg_pipe[1]);
+        b->bg_pipe[0] = b->bg_pipe[1] = -1;
+        free(b->rbuf);
+        b->rbuf = NULL;
+        erpy_frames_free(b->big);
+        b->big = NULL;
+    }
+    pthread_mutex_unlock(&b->lock);
+    pthread_mutex_lock(&current_lock);
+    if (current == b)
+        current = NULL;
+    pthread_mutex_unlock(&current_lock);
+}
+
+int
+erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len)
+{
+    int rc = 0;
+    pthread_mutex_lock(&b->wlock);
+    if (b->to_fd < 0) {
+        rc = EPIPE;
+    } else {
+        while (len > 0) {
+            ssize_t n = write(b->to_fd, buf, len);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                rc = errno;
+                break;
+            }
+            buf += n;
+            len -= (size_t)n;
+        }
+    }
+    pthread_mutex_unlock(&b->wlock);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- waiting */
+
+int
+erpy_wait_register(erpy_bridge *b, erpy_worker *w, uint32_t seq)
+{
+    pthread_mutex_lock(&b->lock);
+    if (b->dead) {
+        pthread_mutex_unlock(&b->lock);
+        return -1;
+    }
+    w->wait_bridge = b;
+    __atomic_store_n(&w->wait_seq, seq, __ATOMIC_RELEASE);
+    w->has_reply = 0;
+    w->wprev = NULL;
+    w->wnext = b->waiting;
+    if (b->waiting)
+        b->waiting->wprev = w;
+    b->waiting = w;
+    b->n_waiting++;
+    b->last_activity_ns = erpy_now_ns();
+    if (b->leader == ERPY_BG)
+        wake_fd(b->bg_pipe[1]);   /* ask the background reader to step down */
+    pthread_mutex_unlock(&b->lock);
+    return 0;
+}
+
+int
+erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms)
+{
+    uint64_t slice_end = erpy_now_ns() + (uint64_t)slice_ms * 1000000ULL;
+    int result;
+    pthread_mutex_lock(&b->lock);
+    for (;;) {
+        if (w->has_reply) {
+            deregister(b, w);
+            result = ERPY_W_REPLY;
+            break;
+        }
+        if (w->inbox) {
+            result = ERPY_W_OUTPUT;
+            break;
+        }
+        if (b->dead) {
+            deregister(b, w);
+            result = ERPY_W_DEAD;
+            break;
+        }
+        uint64_t now = erpy_now_ns();
+        if (deadline_ns && now >= deadline_ns) {
+            deregister(b, w);
+            result = ERPY_W_TIMEOUT;
+            break;
+        }
+        if (now >= slice_end) {
+            result = ERPY_W_SLICE;
+            break;
+        }
+        uint64_t until = slice_end;
+        if (deadline_ns && deadline_ns < until)
+            until = deadline_ns;
+        int ms = (int)((until - now + 999999ULL) / 1000000ULL);
+        if (b->leader == NULL)
+            b->leader = w;
+        if (b->leader == w) {
+            pthread_mutex_unlock(&b->lock);
+            int r = lead_once(b, w, ms, -1);
+            pthread_mutex_lock(&b->lock);
+            if (r == LEAD_EINTR && !w->has_reply && !w->inbox && !b->dead) {
+                result = ERPY_W_SLICE;   /* let the caller check for signals now */
+                break;
+            }
+        } else {
+            pthread_mutex_unlock(&b->lock);
+            struct pollfd pf = {w->pipe_r, POLLIN, 0};
+            int r = poll(&pf, 1, ms);
+            int e = errno;
+            if (r > 0)
+                drain_fd(w->pipe_r);
+            pthread_mutex_lock(&b->lock);
+            if (r < 0 && e == EINTR && !w->has_reply && !w->inbox) {
+                result = ERPY_W_SLICE;
+                break;
+            }
+        }
+    }
+    if (b->leader == w) {
+        /* Going back to Python (to print, decode or check signals): let
+         * someone else read meanwhile. */
+        b->leader = NULL;
+        promote(b, w);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return result;
+}
+
+void
+erpy_wait_abandon(erpy_bridge *b, erpy_worker *w)
+{
+    pthread_mutex_lock(&b->lock);
+    deregister(b, w);
+    erpy_frame *f = w->inbox;
+    w->inbox = w->inbox_tail = NULL;
+    pthread_mutex_unlock(&b->lock);
+    erpy_frames_free(f);
+    drain_fd(w->pipe_r);
+}
+
+erpy_frame *
+erpy_inbox_take(erpy_bridge *b, erpy_worker *w)
+{
+    pthread_mutex_lock(&b->lock);
+    erpy_frame *f = w->inbox;
+    w->inbox = w->inbox_tail = NULL;
+    pthread_mutex_unlock(&b->lock);
+    return f;
+}
+
+/* ------------------------------------------------------------------- fork */
+
+/* In a forked child: the parent's helper is not ours.  Forget it (without
+ * touching the parent's process), close our copies of its descriptors so
+ * the parent's helper still sees EOF when the parent goes, give every worker
+ * a fresh wake-up pipe (the old ones are shared with the parent), and reset
+ * the locks, which other threads of the parent may have held.  Only
+ * async-signal-safe calls. */
+static void
+atfork_child(void)
+{
+    pthread_mutex_init(&pool_lock, NULL);
+    pthread_mutex_init(&current_lock, NULL);
+    pthread_mutex_init(&out_lock, NULL);
+    pthread_cond_init(&out_cond, NULL);
+    out_head = out_tail = NULL;
+    out_bytes = 0;
+    erpy_bridge *b = current;
+    current = NULL;
+    if (b != NULL) {
+        int fds[] = {b->to_fd, b->from_fd, b->err_fd, b->bg_pipe[0], b->bg_pipe[1]};
+        for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
+    }
+    erpy_worker *mine = pthread_getspecific(worker_key);
+    free_list = NULL;
+    uint32_t n = n_workers;
+    for (uint32_t i = 0; i < n; i++) {
+        erpy_worker *w = &chunks[i >> CHUNK_BITS][i & (CHUNK_SIZE - 1)];
+        if (w->pipe_r >= 0) {
+            close(w->pipe_r);
+            close(w->pipe_w);
+            w->pipe_r = w->pipe_w = -1;
+        }
+        w->wait_bridge = NULL;
+        w->wait_seq = 0;
+        w->has_reply = 0;
+        w->inbox = w->inbox_tail = NULL;   /* leaked: a few frames at most */
+        w->wnext = w->wprev = NULL;
+        if (w != mine) {
+            w->in_use = 0;
+            w->free_next = free_list;
+            free_list = w;
+        }
+    }
+    if (mine != NULL)
+        worker_make_pipe(mine);
+}
+
+int
+erpy_transport_init(void)
+{
+    static int done;
+    if (done)
+        return 0;
+    int rc = pthread_key_create(&worker_key, worker_release);
+    if (rc != 0)
+        return rc;
+    rc = pthread_atfork(NULL, NULL, atfork_child);
+    if (rc != 0)
+        return rc;
+    done = 1;
+    return 0;
+}

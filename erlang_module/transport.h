@@ -1,0 +1,154 @@
+/* Transport: the helper's channel, the worker pool and the waiting protocol.
+ *
+ * Nothing declared here touches a PyObject or needs the GIL, except where a
+ * comment says so; module.c does all the Python work around it.
+ */
+#ifndef ERPY_TRANSPORT_H
+#define ERPY_TRANSPORT_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "erpy.h"
+
+/* One frame read from the helper.  body holds the whole frame body (header
+ * included); payload/plen point past the 9-byte header. */
+typedef struct erpy_frame {
+    struct erpy_frame *next;
+    uint8_t kind;
+    uint32_t worker;
+    uint32_t seq;
+    size_t blen;            /* body length */
+    char *payload;          /* body + ERPY_HEADER_SIZE */
+    size_t plen;
+    char body[];
+} erpy_frame;
+
+/* kind of a queued chunk of the helper's raw stderr (never on the wire) */
+#define ERPY_K_RAW_STDERR 255
+
+struct erpy_bridge;
+
+/* A pool entry, owned by one thread at a time (kept in a pthread key slot). */
+typedef struct erpy_worker {
+    uint32_t id;                  /* >= 1; 0 is the control channel */
+    int pipe_r, pipe_w;           /* wake-up pipe, both ends non-blocking */
+    /* Owned by the thread holding the worker. */
+    uint32_t seq;                 /* last Seq sent */
+    erpy_buf out;                 /* reusable encode buffer: frame header + payload */
+    /* Under the owning bridge's lock. */
+    struct erpy_bridge *wait_bridge;
+    uint32_t wait_seq;            /* 0: not waiting */
+    int has_reply;
+    erpy_frame *inbox, *inbox_tail;
+    struct erpy_worker *wnext, *wprev;   /* the bridge's waiting list */
+    /* Under the pool lock. */
+    int in_use;
+    struct erpy_worker *free_next;
+} erpy_worker;
+
+typedef struct erpy_bridge {
+    pid_t pid;                    /* 0 after reaping or in a forked child */
+    int to_fd, from_fd, err_fd;
+    pthread_mutex_t wlock;        /* serialises writes to to_fd */
+    pthread_mutex_t lock;         /* everything below unless said otherwise */
+    pthread_cond_t cond;          /* hello / dead / threads done */
+    erpy_worker *leader;          /* who reads from_fd now: a worker, ERPY_BG or NULL */
+    erpy_worker *waiting;         /* list of workers waiting for a reply */
+    int n_waiting;
+    uint64_t last_activity_ns;
+    int dead;                     /* set once; never cleared */
+    int exit_status;              /* waitpid status, or -1 if unknown */
+    char why[200];                /* why it is dead, when not a plain exit */
+    erpy_frame *hello;
+    int stopping;
+    int closed;                   /* descriptors closed by erpy_bridge_stop */
+    /* The reader's buffers belong to the current leader (handed over under lock). */
+    char *rbuf;
+    size_t rcap, rstart, rend;
+    erpy_frame *big;              /* a frame too large for rbuf, being filled */
+    size_t big_have;
+    /* Background reader (leads when nobody waits) and stderr thread. */
+    pthread_t bg_thread, err_thread;
+    int bg_pipe[2];
+    int threads_running;          /* counts bg + err threads still running */
+    /* stderr tail: under tail_lock */
+    pthread_mutex_t tail_lock;
+    char tail[4096];
+    size_t tail_len;
+    int err_eof;
+} erpy_bridge;
+
+#define ERPY_BG ((erpy_worker *)1)
+
+/* --- spawn.c */
+int erpy_spawn(char *const argv[], char *const envp[], pid_t *pid,
+               int *to_fd, int *from_fd, int *err_fd);
+
+/* --- transport.c (no GIL anywhere) */
+
+/* Global set-up (pool key, fork handlers).  Returns 0 or an errno value. */
+int erpy_transport_init(void);
+
+/* The calling thread's worker, taken from the pool on first use.  NULL when
+ * out of memory, descriptors or ids (errno set). */
+erpy_worker *erpy_worker_get(void);
+
+/* Starts a helper and its threads.  Returns the new bridge (it becomes the
+ * current one), or NULL with *err set to an errno value. */
+erpy_bridge *erpy_bridge_start(char *const argv[], char *const envp[], int *err);
+
+/* The current bridge (never freed), or NULL. */
+erpy_bridge *erpy_bridge_current(void);
+
+/* Waits until the helper's HELLO arrived (1), it died (0), or timeout_ms
+ * elapsed / slice ended (-1).  Never longer than slice_ms. */
+int erpy_bridge_wait_hello(erpy_bridge *b, int slice_ms);
+
+/* Closes the helper's stdin; the helper halts.  Waits up to timeout_ms for it
+ * to exit, then kills it.  Returns when dead. */
+void erpy_bridge_stop(erpy_bridge *b, int timeout_ms);
+
+/* Kills the helper (SIGKILL) without waiting. */
+void erpy_bridge_kill(erpy_bridge *b);
+
+/* Copies the stderr tail into dst (NUL-terminated), returns its length. */
+size_t erpy_bridge_stderr_tail(erpy_bridge *b, char *dst, size_t cap);
+
+/* Registers w as waiting for (b, seq).  Returns 0, or -1 if b is dead. */
+int erpy_wait_register(erpy_bridge *b, erpy_worker *w, uint32_t seq);
+
+/* Writes buf (a complete frame) to the helper.  Returns 0 or an errno value
+ * (EPIPE when the helper is gone). */
+int erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len);
+
+/* Results of erpy_wait. */
+enum {
+    ERPY_W_REPLY = 1,     /* the reply is in w->inbox (maybe after OUTPUT frames); deregistered */
+    ERPY_W_OUTPUT,        /* OUTPUT frames in w->inbox, no reply yet; still registered */
+    ERPY_W_DEAD,          /* the helper died; deregistered */
+    ERPY_W_TIMEOUT,       /* deadline passed; deregistered, late replies will be dropped */
+    ERPY_W_SLICE,         /* slice_ms passed (or EINTR): check signals and wait again */
+};
+
+/* Waits for w's current call.  deadline_ns: CLOCK_MONOTONIC, 0 for none.
+ * Returns after at most slice_ms with ERPY_W_SLICE. */
+int erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms);
+
+/* Abandons w's current call (deregisters; drops whatever arrived). */
+void erpy_wait_abandon(erpy_bridge *b, erpy_worker *w);
+
+/* Takes w's inbox (the caller frees the frames with erpy_frames_free). */
+erpy_frame *erpy_inbox_take(erpy_bridge *b, erpy_worker *w);
+void erpy_frames_free(erpy_frame *f);
+
+/* Output queue (helper output not tied to a waiting call, and raw stderr).
+ * Waits up to timeout_ms; returns a frame (the caller frees it) or NULL. */
+erpy_frame *erpy_output_next(int timeout_ms);
+/* Wakes erpy_output_next waiters (for shutdown). */
+void erpy_output_wake(void);
+
+uint64_t erpy_now_ns(void);
+
+#endif
