@@ -112,7 +112,9 @@ def _start_locked(options):
             options["on_start"]()
     except BaseException:
         _erlang._stop(2.0)
+        _erlang._set_ready()
         raise
+    _erlang._set_ready()
     return hello
 
 

@@ -23,6 +23,7 @@ typedef struct {
     PyObject *CallTimeout;    /* class */
     /* Start options in force (written under the GIL). */
     double call_timeout;      /* seconds; < 0: none */
+    unsigned long starter;    /* thread running start-up (modules, on_start), or 0 */
     erpy_decode_opts dopts;
     unsigned long main_thread;
 } module_state;
@@ -249,14 +250,16 @@ static erpy_bridge *
 live_bridge(module_state *st)
 {
     erpy_bridge *b = erpy_bridge_current();
-    if (b != NULL && !b->dead)
+    /* Until start-up (modules, on_start) is over, only the starting thread
+     * may call; the others wait for it in autostart. */
+    if (b != NULL && !b->dead && (b->ready || st->starter == PyThread_get_thread_ident()))
         return b;
     PyObject *r = PyObject_CallNoArgs(st->autostart);
     if (r == NULL)
         return NULL;
     Py_DECREF(r);
     b = erpy_bridge_current();
-    if (b == NULL || b->dead) {
+    if (b == NULL || b->dead || !(b->ready || st->starter == PyThread_get_thread_ident())) {
         raise_exited(st, b, "the helper is not running");
         return NULL;
     }
@@ -371,40 +374,32 @@ begin_frame(erpy_worker *w, int kind)
     return 0;
 }
 
-/* Sends the frame in w->out and waits for its reply.  Returns the decoded
- * result (new reference) or NULL with an exception set. */
+/* Sends the frame in w->out to b and waits for its reply.  Returns the
+ * decoded result (new reference) or NULL with an exception set. */
 static PyObject *
-roundtrip(module_state *st, erpy_worker *w, PyObject *timeout)
+roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
 {
     uint64_t deadline;
     if (deadline_from(st, timeout, &deadline) < 0)
         return NULL;
-    erpy_bridge *b;
-    uint32_t seq;
-    int reg = -1;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        b = live_bridge(st);
-        if (b == NULL)
-            return NULL;
+    uint32_t seq = ++w->seq;
+    if (seq == 0)
         seq = ++w->seq;
-        if (seq == 0)
-            seq = ++w->seq;
-        char *d = w->out.data;
-        uint32_t blen = (uint32_t)(w->out.len - 4);
-        d[0] = (char)(blen >> 24); d[1] = (char)(blen >> 16); d[2] = (char)(blen >> 8); d[3] = (char)blen;
-        d[5] = (char)(w->id >> 24); d[6] = (char)(w->id >> 16); d[7] = (char)(w->id >> 8); d[8] = (char)w->id;
-        d[9] = (char)(seq >> 24); d[10] = (char)(seq >> 16); d[11] = (char)(seq >> 8); d[12] = (char)seq;
-        Py_BEGIN_ALLOW_THREADS
-        reg = erpy_wait_register(b, w, seq);
-        if (reg == 0)
-            /* A failed write means the helper is gone: the reader sees EOF
-             * and the wait below reports it. */
-            (void)erpy_bridge_write(b, w->out.data, w->out.len);
-        Py_END_ALLOW_THREADS
-        if (reg == 0)
-            break;
-        /* It died between live_bridge and now: start again once. */
-    }
+    char *d = w->out.data;
+    uint32_t blen = (uint32_t)(w->out.len - 4);
+    d[0] = (char)(blen >> 24); d[1] = (char)(blen >> 16); d[2] = (char)(blen >> 8); d[3] = (char)blen;
+    d[5] = (char)(w->id >> 24); d[6] = (char)(w->id >> 16); d[7] = (char)(w->id >> 8); d[8] = (char)w->id;
+    d[9] = (char)(seq >> 24); d[10] = (char)(seq >> 16); d[11] = (char)(seq >> 8); d[12] = (char)seq;
+    int reg;
+    Py_BEGIN_ALLOW_THREADS
+    /* Registered before the request is written, so the reply cannot come
+     * before anyone expects it. */
+    reg = erpy_wait_register(b, w, seq);
+    if (reg == 0)
+        /* A failed write means the helper is gone: the reader sees EOF and
+         * the wait below reports it. */
+        (void)erpy_bridge_write(b, w->out.data, w->out.len);
+    Py_END_ALLOW_THREADS
     if (reg != 0)
         return raise_exited(st, b, NULL);
     int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : OTHER_SLICE_MS;
@@ -413,16 +408,18 @@ roundtrip(module_state *st, erpy_worker *w, PyObject *timeout)
         Py_BEGIN_ALLOW_THREADS
         r = erpy_wait(b, w, deadline, slice);
         Py_END_ALLOW_THREADS
+        int done;
+        erpy_frame *f;
         switch (r) {
         case ERPY_W_REPLY:
-            return finish(st, erpy_inbox_take(b, w));
-        case ERPY_W_OUTPUT: {
-            erpy_frame *f = erpy_inbox_take(b, w);
+        case ERPY_W_OUTPUT:
+            f = erpy_inbox_take(b, w, &done);
+            if (done)
+                return finish(st, f);
             for (erpy_frame *x = f; x; x = x->next)
                 show_output(st, x);
             erpy_frames_free(f);
             break;
-        }
         case ERPY_W_DEAD:
             erpy_wait_abandon(b, w);
             return raise_exited(st, b, NULL);
@@ -464,13 +461,33 @@ encode_name(module_state *st, erpy_worker *w, PyObject *name)
     return erpy_encode(&st->codec, &w->out, name);
 }
 
+/* The calling thread's worker, marked busy; NULL with an exception set when
+ * there is none or the thread is already in a call (a signal handler, a
+ * __del__ or an output writer calling erlang from inside a call).  Pair
+ * with release_worker. */
 static erpy_worker *
 my_worker(void)
 {
     erpy_worker *w = erpy_worker_get();
-    if (w == NULL)
+    if (w == NULL) {
         PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    if (w->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "erlang: this thread is already in a call (a call from a signal "
+                        "handler, __del__ or output writer inside a call is not allowed)");
+        return NULL;
+    }
+    w->busy = 1;
     return w;
+}
+
+static inline PyObject *
+release_worker(erpy_worker *w, PyObject *result)
+{
+    w->busy = 0;
+    return result;
 }
 
 /* Parses a trailing timeout= keyword.  Returns 0 or -1. */
@@ -493,6 +510,9 @@ parse_timeout_kw(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     return 0;
 }
 
+static PyObject *call_impl(module_state *st, erpy_bridge *b, erpy_worker *w,
+                           PyObject *const *args, Py_ssize_t nargs, PyObject *timeout);
+
 /* call(name, *args, timeout=None) */
 static PyObject *
 m_call(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
@@ -506,9 +526,21 @@ m_call(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwn
     }
     if (parse_timeout_kw(args, nargs, kwnames, &timeout, "call") < 0)
         return NULL;
+    /* Before the worker is taken: starting may run on_start, which calls. */
+    erpy_bridge *b = live_bridge(st);
+    if (b == NULL)
+        return NULL;
     erpy_worker *w = my_worker();
     if (w == NULL)
         return NULL;
+    return release_worker(w, call_impl(st, b, w, args, nargs, timeout));
+}
+
+/* Encodes {Name, Args} and makes the round trip. */
+static PyObject *
+call_impl(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *const *args,
+          Py_ssize_t nargs, PyObject *timeout)
+{
     if (begin_frame(w, ERPY_K_CALL) < 0)
         return NULL;
     /* {Name :: binary(), Args :: list()} */
@@ -534,7 +566,7 @@ m_call(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwn
     if (erpy_buf_reserve(&w->out, 1) < 0)
         return NULL;
     w->out.data[w->out.len++] = 106;  /* NIL_EXT */
-    return roundtrip(st, w, timeout);
+    return roundtrip(st, b, w, timeout);
 }
 
 /* _request(kind, payload, timeout): APPLY and EVAL; payload is encoded as is. */
@@ -550,14 +582,15 @@ m_request(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "bad request kind");
         return NULL;
     }
+    erpy_bridge *b = live_bridge(st);
+    if (b == NULL)
+        return NULL;
     erpy_worker *w = my_worker();
     if (w == NULL)
         return NULL;
-    if (begin_frame(w, kind) < 0)
-        return NULL;
-    if (erpy_encode(&st->codec, &w->out, payload) < 0)
-        return NULL;
-    return roundtrip(st, w, timeout);
+    if (begin_frame(w, kind) < 0 || erpy_encode(&st->codec, &w->out, payload) < 0)
+        return release_worker(w, NULL);
+    return release_worker(w, roundtrip(st, b, w, timeout));
 }
 
 /* Frees a NULL-terminated array of strings made by to_cstrings. */
@@ -653,6 +686,7 @@ m_start(PyObject *module, PyObject *args)
     }
     st->call_timeout = call_timeout;
     st->dopts.binaries_as_bytes = bb;
+    st->starter = PyThread_get_thread_ident();
     uint64_t end = erpy_now_ns() + (uint64_t)(timeout * 1e9);
     int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : OTHER_SLICE_MS;
     for (;;) {
@@ -715,6 +749,18 @@ m_stop(PyObject *module, PyObject *arg)
     return PyBool_FromLong(was_alive);
 }
 
+/* _set_ready(): start-up is over, every thread may call. */
+static PyObject *
+m_set_ready(PyObject *module, PyObject *unused)
+{
+    module_state *st = get_state(module);
+    erpy_bridge *b = erpy_bridge_current();
+    if (b != NULL)
+        b->ready = 1;
+    st->starter = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 m_is_running(PyObject *module, PyObject *unused)
 {
@@ -775,6 +821,7 @@ static PyMethodDef erpy_methods[] = {
     {"_request", m_request, METH_VARARGS, "_request(kind, payload, timeout)"},
     {"_start", m_start, METH_VARARGS, "_start(argv, env, timeout, call_timeout, binaries)"},
     {"_stop", m_stop, METH_O, "_stop(timeout) -> bool"},
+    {"_set_ready", m_set_ready, METH_NOARGS, "_set_ready()"},
     {"is_running", m_is_running, METH_NOARGS, "is_running() -> bool: is a helper up"},
     {"_helper_pid", m_helper_pid, METH_NOARGS, "_helper_pid() -> int | None"},
     {"_next_output", m_next_output, METH_O, "_next_output(timeout) -> (kind, bytes) | None"},

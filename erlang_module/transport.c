@@ -968,11 +968,15 @@ erpy_wait_abandon(erpy_bridge *b, erpy_worker *w)
 }
 
 erpy_frame *
-erpy_inbox_take(erpy_bridge *b, erpy_worker *w)
+erpy_inbox_take(erpy_bridge *b, erpy_worker *w, int *has_reply)
 {
     pthread_mutex_lock(&b->lock);
     erpy_frame *f = w->inbox;
     w->inbox = w->inbox_tail = NULL;
+    /* The reply may have come after erpy_wait returned ERPY_W_OUTPUT. */
+    *has_reply = w->has_reply || w->wait_seq == 0;
+    if (w->has_reply)
+        deregister(b, w);
     pthread_mutex_unlock(&b->lock);
     return f;
 }

@@ -36,6 +36,8 @@ typedef struct erpy_worker {
     int pipe_r, pipe_w;           /* wake-up pipe, both ends non-blocking */
     /* Owned by the thread holding the worker. */
     uint32_t seq;                 /* last Seq sent */
+    int busy;                     /* in a call: a nested call (signal handler,
+                                     __del__, output writer) is refused */
     erpy_buf out;                 /* reusable encode buffer: frame header + payload */
     /* Under the owning bridge's lock. */
     struct erpy_bridge *wait_bridge;
@@ -63,6 +65,7 @@ typedef struct erpy_bridge {
     char why[200];                /* why it is dead, when not a plain exit */
     erpy_frame *hello;
     int stopping;
+    int ready;                    /* start-up (modules, on_start) finished */
     int closed;                   /* descriptors closed by erpy_bridge_stop */
     /* The reader's buffers belong to the current leader (handed over under lock). */
     char *rbuf;
@@ -139,8 +142,10 @@ int erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms
 /* Abandons w's current call (deregisters; drops whatever arrived). */
 void erpy_wait_abandon(erpy_bridge *b, erpy_worker *w);
 
-/* Takes w's inbox (the caller frees the frames with erpy_frames_free). */
-erpy_frame *erpy_inbox_take(erpy_bridge *b, erpy_worker *w);
+/* Takes w's inbox (the caller frees the frames with erpy_frames_free).
+ * *has_reply is set when the call's reply is among them (w is then no
+ * longer registered). */
+erpy_frame *erpy_inbox_take(erpy_bridge *b, erpy_worker *w, int *has_reply);
 void erpy_frames_free(erpy_frame *f);
 
 /* Output queue (helper output not tied to a waiting call, and raw stderr).
