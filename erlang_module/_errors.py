@@ -8,6 +8,11 @@ def _short(term, limit=300):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# Frames of the interpreter and of the helper itself say nothing about where
+# the user's code failed; messages name the first frame outside them.
+_MACHINERY = frozenset(["erl_eval", "py_handler", "py_coordinator"])
+
+
 class Error(RuntimeError):
     """An Erlang function raised: ``kind`` is ``'error'``, ``'throw'`` or
     ``'exit'``, ``reason`` the decoded reason, ``stacktrace`` the decoded
@@ -25,6 +30,8 @@ class Error(RuntimeError):
         for frame in self.stacktrace or ():
             if isinstance(frame, tuple) and len(frame) == 4:
                 mod, fun, arity, _loc = frame
+                if mod in _MACHINERY:
+                    continue
                 if isinstance(arity, list):
                     arity = len(arity)
                 where = " in %s:%s/%s" % (mod, fun, arity)

@@ -1,0 +1,52 @@
+"""Every example in examples/ runs and prints what it promises."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def run_example(name):
+    path = os.path.join(EXAMPLES, name)
+    if not os.path.exists(path):
+        pytest.fail("missing example %s" % path)
+    proc = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=60,
+                          cwd=EXAMPLES)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_thread_pool_example_doubles_range_10():
+    out = run_example("thread_pool.py")
+    assert "double_it over range(10): [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]" in out
+
+
+def test_threads_example_prints_each_threads_result():
+    out = run_example("threads.py")
+    assert "results by thread: [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]" in out
+    assert "Got: ('arg1', 2) served by Erlang process" in out
+
+
+def test_chained_calls_example_returns_3():
+    out = run_example("chained_calls.py")
+    assert "add_one three times from 0: 3" in out
+    assert "add_one 1000 times from 0: 1000" in out
+
+
+def test_error_handling_example_shows_each_kind_of_error():
+    out = run_example("error_handling.py")
+    assert "maybe_fail(5) returned ok 5" in out
+    assert "Erlang error:" in out and "too_big" in out
+    assert "kind=error reason=too_big 42" in out
+    assert "UndefinedFunction:" in out and "no_such_function" in out
+    assert "CallTimeout:" in out
+    assert "next call after the timeout: done" in out
+
+
+def test_module_from_file_example_counts_to_5050():
+    out = run_example("module_from_file.py")
+    assert "loaded module: counter" in out
+    assert "counter value: 5050" in out
+    assert "via apply: 5050" in out
