@@ -797,6 +797,34 @@ m_next_output(PyObject *module, PyObject *arg)
     return r;
 }
 
+/* _parse_frames(data) -> [(kind, worker, seq, payload)]: the reader's
+ * frame splitting, for tests and the fuzzer.  Trailing bytes of an
+ * incomplete frame are ignored; a protocol error raises ValueError. */
+static PyObject *
+m_parse_frames(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    erpy_frame *list;
+    ssize_t used = erpy_parse_frames(view.buf, (size_t)view.len, &list);
+    PyBuffer_Release(&view);
+    if (used < 0) {
+        PyErr_SetString(PyExc_ValueError, "protocol error: bad frame length or header");
+        return NULL;
+    }
+    PyObject *res = PyList_New(0);
+    for (erpy_frame *f = list; f && res; f = f->next) {
+        PyObject *t = Py_BuildValue("(iIIy#)", (int)f->kind, (unsigned)f->worker,
+                                    (unsigned)f->seq, f->payload, (Py_ssize_t)f->plen);
+        if (t == NULL || PyList_Append(res, t) < 0)
+            Py_CLEAR(res);
+        Py_XDECREF(t);
+    }
+    erpy_frames_free(list);
+    return res;
+}
+
 static PyObject *
 m_wake_output(PyObject *module, PyObject *unused)
 {
@@ -825,6 +853,7 @@ static PyMethodDef erpy_methods[] = {
     {"is_running", m_is_running, METH_NOARGS, "is_running() -> bool: is a helper up"},
     {"_helper_pid", m_helper_pid, METH_NOARGS, "_helper_pid() -> int | None"},
     {"_next_output", m_next_output, METH_O, "_next_output(timeout) -> (kind, bytes) | None"},
+    {"_parse_frames", m_parse_frames, METH_O, "_parse_frames(data) -> [(kind, worker, seq, payload)]"},
     {"_wake_output", m_wake_output, METH_NOARGS, "_wake_output()"},
     {NULL, NULL, 0, NULL},
 };

@@ -402,6 +402,76 @@ frame_parse_header(erpy_frame *f)
 
 enum { READ_EOF = -1, READ_ERROR = -2, READ_PROTOCOL = -3, READ_AGAIN = -4 };
 
+/* Whether a frame header (9 bytes: kind, worker, seq) can come from the
+ * helper.  Checked before a frame's length is trusted: if the stream ever got
+ * out of step (raw bytes written to the emulator's fd 1), what is read as a
+ * length is garbage, and waiting for that many bytes would swallow every
+ * later reply.  A header that is not one of ours means the channel is
+ * broken: the helper is killed and callers get HelperExited. */
+static int
+header_ok(const char *h)
+{
+    uint8_t kind = (uint8_t)h[0];
+    uint32_t worker = be32(h + 1);
+    if (worker == 0)
+        return kind == ERPY_K_HELLO || kind == ERPY_K_OUTPUT;
+    if (worker > __atomic_load_n(&n_workers, __ATOMIC_ACQUIRE))
+        return 0;
+    return kind == ERPY_K_OK || kind == ERPY_K_ERROR || kind == ERPY_K_OUTPUT;
+}
+
+/* Splits the complete frames at the start of buf[0..len) into new frames
+ * appended to *list/*tail (count added to *nframes).  Returns the bytes
+ * consumed, or -1 on a protocol error (bad length or header; out of memory).
+ * *need is set to the whole size (4 + Len) of an incomplete frame left at the
+ * end once its header has been checked, else 0.  Pure: no I/O, no locks. */
+static ssize_t
+split_frames(const char *buf, size_t len, erpy_frame **list, erpy_frame **tail,
+             int *nframes, size_t *need)
+{
+    size_t pos = 0;
+    *need = 0;
+    while (len - pos >= 4) {
+        size_t blen = be32(buf + pos);
+        size_t have = len - pos - 4;
+        if (blen < ERPY_HEADER_SIZE || blen > MAX_FRAME)
+            return -1;
+        if (have < ERPY_HEADER_SIZE)
+            break;
+        if (!header_ok(buf + pos + 4))
+            return -1;
+        if (have < blen) {
+            *need = 4 + blen;
+            break;
+        }
+        erpy_frame *f = frame_new(blen);
+        if (f == NULL)
+            return -1;
+        memcpy(f->body, buf + pos + 4, blen);
+        frame_parse_header(f);
+        *tail ? ((*tail)->next = f) : (*list = f);
+        *tail = f;
+        (*nframes)++;
+        pos += 4 + blen;
+    }
+    return (ssize_t)pos;
+}
+
+ssize_t
+erpy_parse_frames(const char *buf, size_t len, erpy_frame **list)
+{
+    erpy_frame *tail = NULL;
+    int n = 0;
+    size_t need;
+    *list = NULL;
+    ssize_t r = split_frames(buf, len, list, &tail, &n, &need);
+    if (r < 0) {
+        erpy_frames_free(*list);
+        *list = NULL;
+    }
+    return r;
+}
+
 /* Reads what is available on from_fd (non-blocking) and splits it into
  * frames, appended to *list.  *more is set when the read filled the space it
  * was given (so more may be waiting).  Called by the leader only, without the
@@ -411,9 +481,8 @@ static int
 read_frames(erpy_bridge *b, erpy_frame **list, erpy_frame **tail, int *more)
 {
     size_t want;
-    *more = 0;
-    int nframes = 0;
     ssize_t n;
+    *more = 0;
     if (b->big != NULL) {
         erpy_frame *f = b->big;
         want = f->blen - b->big_have;
@@ -451,34 +520,24 @@ read_frames(erpy_bridge *b, erpy_frame **list, erpy_frame **tail, int *more)
         return (errno == EAGAIN || errno == EWOULDBLOCK) ? READ_AGAIN : READ_ERROR;
     b->rend += (size_t)n;
     *more = (size_t)n == want;
-    while (b->rend - b->rstart >= 4) {
-        size_t blen = be32(b->rbuf + b->rstart);
+    int nframes = 0;
+    size_t need;
+    ssize_t used = split_frames(b->rbuf + b->rstart, b->rend - b->rstart, list, tail,
+                                &nframes, &need);
+    if (used < 0)
+        return READ_PROTOCOL;
+    b->rstart += (size_t)used;
+    if (need > b->rcap) {
+        /* Larger than the chunk buffer (its header is checked): read the
+         * rest straight into the frame. */
         size_t have = b->rend - b->rstart - 4;
-        if (blen > MAX_FRAME)
+        erpy_frame *f = frame_new(need - 4);
+        if (f == NULL)
             return READ_PROTOCOL;
-        if (have >= blen) {
-            erpy_frame *f = frame_new(blen);
-            if (f == NULL)
-                return READ_PROTOCOL;
-            memcpy(f->body, b->rbuf + b->rstart + 4, blen);
-            frame_parse_header(f);
-            b->rstart += 4 + blen;
-            *tail ? ((*tail)->next = f) : (*list = f);
-            *tail = f;
-            nframes++;
-            continue;
-        }
-        if (4 + blen > b->rcap) {
-            /* Larger than the chunk buffer: read the rest straight into it. */
-            erpy_frame *f = frame_new(blen);
-            if (f == NULL)
-                return READ_PROTOCOL;
-            memcpy(f->body, b->rbuf + b->rstart + 4, have);
-            b->big = f;
-            b->big_have = have;
-            b->rstart = b->rend = 0;
-        }
-        break;
+        memcpy(f->body, b->rbuf + b->rstart + 4, have);
+        b->big = f;
+        b->big_have = have;
+        b->rstart = b->rend = 0;
     }
     if (b->rstart == b->rend)
         b->rstart = b->rend = 0;

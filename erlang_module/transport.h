@@ -156,4 +156,9 @@ void erpy_output_wake(void);
 
 uint64_t erpy_now_ns(void);
 
+/* The reader's frame splitting on a buffer (for tests and fuzzing): returns
+ * the bytes consumed with the complete frames in *list, or -1 on a protocol
+ * error.  Worker ids above the number of workers ever made are errors. */
+ssize_t erpy_parse_frames(const char *buf, size_t len, erpy_frame **list);
+
 #endif
