@@ -93,6 +93,9 @@ def start(**options):
     ``binaries``      ``"str"`` (default) or ``"bytes"``: how binaries decode
     ``on_start``      callable run after every start (re-register functions)
     ``env``           extra environment variables for the helper
+    ``after_fork``    ``"restart"`` (default): a forked child's first call
+                      starts a helper of its own; ``"error"``: it raises
+                      HelperExited until the child calls start()
 
     After the helper dies, the next call starts a new one with the same
     options."""

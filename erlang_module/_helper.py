@@ -19,13 +19,14 @@ EBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "priv", "ebin")
 
 _ALLOWED = {
     "erl", "args", "code_path", "modules", "timeout", "call_timeout",
-    "binaries", "on_start", "env",
+    "binaries", "on_start", "env", "after_fork",
 }
 
 _lock = threading.RLock()      # start/stop/autostart
 _options = {}                  # options of the last explicit start()
 _pump = None
 _pump_stop = False
+_forked = False                # this process is a fork of one that had a helper
 
 
 def _find_erl(erl):
@@ -59,6 +60,8 @@ def _check(options):
         raise ValueError("binaries must be 'str' or 'bytes'")
     if options.get("on_start") is not None and not callable(options["on_start"]):
         raise TypeError("on_start must be callable")
+    if options.get("after_fork", "restart") not in ("restart", "error"):
+        raise ValueError("after_fork must be 'restart' or 'error'")
 
 
 def command_line(options):
@@ -83,6 +86,7 @@ def _environment(options):
 
 def start(**options):
     """Starts the helper with these options (see the README)."""
+    global _forked
     _check(options)
     with _lock:
         if _erlang.is_running():
@@ -90,6 +94,7 @@ def start(**options):
         _start_locked(options)
         _options.clear()
         _options.update(options)
+        _forked = False
 
 
 def _start_locked(options):
@@ -123,6 +128,12 @@ def autostart():
     the helper died).  Called by the C core when a call finds no helper."""
     with _lock:
         if not _erlang.is_running():
+            if _forked and _options.get("after_fork") == "error":
+                raise HelperExited(
+                    "this process is a fork of the one that started the Erlang helper, "
+                    "and the helper was started with after_fork='error': call "
+                    "erlang.start() in the child to give it a helper of its own"
+                )
             _start_locked(dict(_options))
 
 
@@ -201,9 +212,12 @@ def _at_exit():
 
 
 def _after_fork_in_child():
-    global _lock, _pump
+    # The C core has already forgotten the parent's helper (pthread_atfork):
+    # the child's first call starts its own, unless after_fork='error'.
+    global _lock, _pump, _forked
     _lock = threading.RLock()
     _pump = None
+    _forked = True
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
