@@ -1,0 +1,190 @@
+%% The helper's public Erlang API: functions Python can call by name, and
+%% the evaluation and module loading behind erlang.eval / erlang.load_module.
+%%
+%% Functions are registered under binary names (an atom or string name is
+%% stored as its UTF-8 binary), so that a CALL of an unknown name from
+%% Python never creates an atom.  The registry is the ETS table py_registry,
+%% owned by py_sup.
+-module(py).
+
+%% API.
+-export([register_function/2]).
+-export([register_function/3]).
+-export([unregister_function/1]).
+-export([registered/0]).
+-export([call/2]).
+-export([eval/1]).
+-export([load_source/2]).
+
+-type name() :: atom() | binary() | string().
+-export_type([name/0]).
+
+%% API.
+
+%% Registers Fun under Name: erlang.call(Name, A, B) runs Fun([A, B]).
+%% Registering a name again replaces the function.
+-spec register_function(name(), fun((list()) -> term())) -> ok.
+register_function(Name, Fun) when is_function(Fun, 1) ->
+    true = ets:insert(py_registry, {name(Name), {'fun', Fun}}),
+    ok.
+
+%% Registers Module:Function under Name: erlang.call(Name, A, B) runs
+%% Module:Function([A, B]).  The module is looked up at each call, so a
+%% reloaded module's new code is used.
+-spec register_function(name(), module(), atom()) -> ok.
+register_function(Name, Module, Function) when is_atom(Module), is_atom(Function) ->
+    true = ets:insert(py_registry, {name(Name), {mfa, Module, Function}}),
+    ok.
+
+%% Removes Name; ok also if it was not registered.
+-spec unregister_function(name()) -> ok.
+unregister_function(Name) ->
+    true = ets:delete(py_registry, name(Name)),
+    ok.
+
+%% The registered names, sorted.
+-spec registered() -> [binary()].
+registered() ->
+    lists:sort(ets:select(py_registry, [{{'$1', '_'}, [], ['$1']}])).
+
+%% Calls a registered function from Erlang, as a CALL from Python would.
+%% (py_handler inlines the same lookup; keep the two in step.)
+-spec call(name(), list()) -> term().
+call(Name, Args) ->
+    Key = name(Name),
+    case ets:lookup(py_registry, Key) of
+        [{_, {'fun', Fun}}] -> Fun(Args);
+        [{_, {mfa, Module, Function}}] -> Module:Function(Args);
+        [] -> erlang:error({undefined_function, Key})
+    end.
+
+%% Evaluates Erlang expressions and returns the value of the last one.
+%% The final "." is optional.  Several dot-terminated sequences are
+%% evaluated in order with their bindings carried over, as in the shell
+%% ("X = 1. X + 1" is 2).  Everything is parsed before anything runs, so
+%% a syntax error has no side effects.  Scan and parse errors raise
+%% error:{syntax_error, Message}, Message a binary like
+%% <<"1: syntax error before: ')'">>.
+-spec eval(unicode:chardata()) -> term().
+eval(Source) ->
+    Text = case unicode:characters_to_list(Source) of
+               List when is_list(List) -> List;
+               _ -> erlang:error({syntax_error, <<"the source is not valid UTF-8 text">>})
+           end,
+    Tokens = case erl_scan:string(Text, 1) of
+                 {ok, Ts, End} -> ensure_dot(Ts, End);
+                 {error, ScanError, _} -> syntax_error(ScanError)
+             end,
+    Sequences = [case erl_parse:parse_exprs(Seq) of
+                     {ok, Exprs} -> Exprs;
+                     {error, ParseError} -> syntax_error(ParseError)
+                 end || Seq <- split_at_dots(Tokens)],
+    eval_sequences(Sequences, erl_eval:new_bindings()).
+
+%% Compiles the module in Source (the text of an .erl file) and loads it;
+%% returns the module's name.  File names the source in error messages and
+%% is the directory searched first for -include files.  The preprocessor
+%% runs (macros such as ?MODULE, -define, -include, -ifdef all work).
+%% Compile errors raise error:{compile_error, Message}, Message a binary of
+%% "File:Line: text" lines; warnings are not reported.  A module loaded
+%% again replaces the old code (processes still running the code before
+%% that are killed, as with c:l/1).
+-spec load_source(unicode:chardata(), unicode:chardata()) -> module().
+load_source(Source, File) ->
+    FileName = unicode:characters_to_list(File),
+    Forms = preprocess(unicode:characters_to_binary(Source), FileName),
+    case compile:forms(Forms, [binary, return_errors, return_warnings,
+                               {source, FileName}]) of
+        {ok, Module, Beam, _Warnings} ->
+            _ = code:purge(Module),
+            case code:load_binary(Module, FileName, Beam) of
+                {module, Module} -> Module;
+                {error, What} -> erlang:error({load_error, Module, What})
+            end;
+        {error, Errors, _Warnings} ->
+            erlang:error({compile_error, format_errors(Errors)})
+    end.
+
+%% Internal.
+
+name(Name) when is_binary(Name) ->
+    Name;
+name(Name) when is_atom(Name) ->
+    atom_to_binary(Name, utf8);
+name(Name) when is_list(Name) ->
+    case unicode:characters_to_binary(Name) of
+        Bin when is_binary(Bin) -> Bin;
+        _ -> erlang:error(badarg, [Name])
+    end.
+
+%% "1 + 1" is as good as "1 + 1.": add the dot after the last token (not
+%% after the text, which may end in a % comment).
+ensure_dot([], End) ->
+    [{dot, End}];
+ensure_dot(Tokens, End) ->
+    case lists:last(Tokens) of
+        {dot, _} -> Tokens;
+        _ -> Tokens ++ [{dot, End}]
+    end.
+
+split_at_dots(Tokens) ->
+    split_at_dots(Tokens, [], []).
+
+split_at_dots([], [], Seqs) ->
+    lists:reverse(Seqs);
+split_at_dots([{dot, _} = Dot | Rest], Acc, Seqs) ->
+    split_at_dots(Rest, [], [lists:reverse(Acc, [Dot]) | Seqs]);
+split_at_dots([Token | Rest], Acc, Seqs) ->
+    split_at_dots(Rest, [Token | Acc], Seqs).
+
+eval_sequences([Exprs], Bindings) ->
+    {value, Value, _} = erl_eval:exprs(Exprs, Bindings),
+    Value;
+eval_sequences([Exprs | Rest], Bindings) ->
+    {value, _, Bindings1} = erl_eval:exprs(Exprs, Bindings),
+    eval_sequences(Rest, Bindings1).
+
+-spec syntax_error(erl_scan:error_info()) -> no_return().
+syntax_error({Location, Module, Description}) ->
+    Message = io_lib:format("~ts: ~ts", [location(Location),
+                                         Module:format_error(Description)]),
+    erlang:error({syntax_error, unicode:characters_to_binary(Message)}).
+
+location({Line, Column}) -> io_lib:format("~w:~w", [Line, Column]);
+location(Line) when is_integer(Line) -> integer_to_list(Line);
+location(_) -> "?".
+
+%% epp only reads files, so the source goes through a private temporary
+%% file; -file attributes and messages name File, not the temporary one.
+preprocess(Source, FileName) ->
+    Tmp = temp_name(),
+    ok = file:write_file(Tmp, Source, [exclusive]),
+    try
+        Includes = [filename:dirname(FileName) || FileName =/= "nofile"],
+        case epp:parse_file(Tmp, [{source_name, FileName}, {includes, Includes}]) of
+            {ok, Forms} -> Forms;
+            {error, Reason} -> erlang:error({compile_error, iolist_to_binary(
+                                   io_lib:format("~ts: ~tp", [FileName, Reason]))})
+        end
+    after
+        _ = file:delete(Tmp)
+    end.
+
+temp_name() ->
+    Dir = case os:getenv("TMPDIR") of
+              false -> "/tmp";
+              "" -> "/tmp";
+              D -> D
+          end,
+    filename:join(Dir, io_lib:format("py_load_~s_~b.erl",
+                                     [os:getpid(), erlang:unique_integer([positive])])).
+
+format_errors(Errors) ->
+    unicode:characters_to_binary(
+      lists:join($\n, [[where(File, Location), ": ", Module:format_error(Description)]
+                       || {File, Infos} <- Errors,
+                          {Location, Module, Description} <- Infos])).
+
+%% "File:Line", or just "File" for errors about the whole module.
+where(File, none) -> File;
+where(File, Location) -> [File, $:, location(Location)].

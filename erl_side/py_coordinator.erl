@@ -1,0 +1,266 @@
+%% The coordinator: owns the channel to Python and routes frames to handlers.
+%%
+%% == Wire protocol ==
+%%
+%% The channel is the helper's stdin (Python -> BEAM) and stdout
+%% (BEAM -> Python), opened as one port: open_port({fd, 0, 1}, [{packet, 4},
+%% binary, eof]).  Nothing else may write to fd 1 (see py_user; the one leak
+%% no option can stop is erlang:display/1, which the emulator writes to fd 1
+%% itself -- do not call it in the helper).
+%%
+%% Every frame is <<Len:32/big, Body:Len/binary>> ({packet,4}), and every
+%% Body has a fixed 9-byte header followed by one external-term payload:
+%%
+%%   <<Kind:8, Worker:32/big, Seq:32/big, Payload/binary>>
+%%
+%% so this process routes a frame by matching the header, without decoding
+%% the payload.  Worker is a Python worker (a pool entry used by one thread
+%% at a time); each worker has one handler process here (py_handler), spawned
+%% on the first frame for it.  Seq is the worker's call counter: every reply
+%% carries the Worker and Seq of its request, and Python drops a reply whose
+%% Seq is not the one the worker waits for (the call timed out).  Worker 0
+%% is the control channel: HELLO, and OUTPUT not attributed to any call.
+%%
+%% Kinds (numbers in py_protocol.hrl and erlang_module/protocol.h):
+%%
+%%   Python -> BEAM
+%%   CALL    1  {Name :: binary(), Args :: list()}: the function registered
+%%              under Name (py:register_function/2,3) is called with Args
+%%              as one list.  Name may also be an atom.
+%%   APPLY   2  {Module :: atom(), Function :: atom(), Args :: list()}:
+%%              apply(Module, Function, Args).
+%%   EVAL    3  Source :: binary() (UTF-8 text; a charlist is accepted too):
+%%              Erlang expressions, value of the last one.  The final "." is
+%%              optional; "X = 1. X + 1" evaluates both, X stays bound.
+%%              Each EVAL starts with no variables bound.
+%%   CANCEL  4  [] : abandon (Worker, Seq).  If the worker's handler was last
+%%              given Seq it is killed (it may still be running it); the next
+%%              frame for Worker gets a fresh handler.  Nothing is sent back
+%%              for the cancelled call.  A CANCEL for another Seq is ignored.
+%%
+%%   BEAM -> Python
+%%   OK     16  Result: the value the call returned.
+%%   ERROR  17  {Class, Reason, Stacktrace}: the call raised
+%%              (Class = error | throw | exit).  The stack trace leaves out
+%%              the helper's own frames.  Reasons the helper makes itself:
+%%                error:{undefined_function, Name}  CALL of an unregistered
+%%                                                  Name (stack trace [])
+%%                error:undef                       APPLY of a function that
+%%                                                  does not exist
+%%                error:{syntax_error, Message}     EVAL that does not scan or
+%%                                                  parse; Message is a binary
+%%                                                  like <<"1: syntax error
+%%                                                  before: ')'">>
+%%                error:{compile_error, Message}    py:load_source/2; Message
+%%                                                  is a binary of
+%%                                                  "File:Line: text" lines
+%%                error:{bad_request, Kind, Payload} a payload of the wrong
+%%                                                  shape for its Kind
+%%                error:{unknown_kind, Kind}        a Kind this side does not
+%%                                                  know
+%%                exit:Reason  (stack trace [])     the handler process died
+%%                                                  while running the call
+%%                                                  (killed, or a linked
+%%                                                  process died).  Sent by
+%%                                                  the coordinator for the
+%%                                                  worker's last Seq: if that
+%%                                                  call had already been
+%%                                                  answered, Python drops it
+%%                                                  as stale.
+%%   HELLO  18  Worker 0, Seq 0, the first frame on the channel:
+%%              #{protocol => ?PY_PROTOCOL_VERSION, otp_release => <<"25">>,
+%%                erts_version => <<"13.1.5">>, node => node(),
+%%                os_pid => integer()}
+%%   OUTPUT 19  {stdout, Data :: binary()} (UTF-8): text a process wrote to
+%%              `user` (io:format/2 and friends; see py_user).  Worker and Seq
+%%              are those of the call whose handler printed it -- the frame
+%%              is written before that call's reply -- or 0/0 when no call
+%%              printed it.  Logger output goes to stderr, never here.
+%%
+%% End of stdin means Python is gone: the helper halts at once, without
+%% flushing anything (there is no one left to read it), so no orphan BEAM
+%% is left behind.  A write error on the channel halts it too.
+%%
+%% == Why a plain proc_lib loop ==
+%%
+%% The hot path is one port message per call: match the header, look the
+%% worker up, forward.  A gen_server would add a callback dispatch, a
+%% try/catch and a state tuple rebuild per message for no benefit here, so
+%% this is an OTP special process (proc_lib + sys): it answers system
+%% messages, shows its state in sys:get_state/1, and is started and shut
+%% down by py_sup like any worker.  Handlers do not reply through this
+%% process: they write their replies to the port themselves, so replies
+%% never queue behind incoming requests.
+-module(py_coordinator).
+
+-include("py_protocol.hrl").
+
+%% API.
+-export([start_link/0]).
+
+%% proc_lib.
+-export([init/1]).
+
+%% sys.
+-export([system_continue/3]).
+-export([system_terminate/4]).
+-export([system_code_change/4]).
+
+%% Port busy limits: disabled.  With busy limits the port becomes "busy"
+%% when more than High bytes wait in its output queue (Python has not read
+%% them yet), and every writer is suspended until the queue drains.  On
+%% OTP 25.2 (erts 13.1.5) that busy state can lose the fd driver's
+%% write-ready wake-up: a whole reply stays in the queue, the pipe to
+%% Python is empty, every process is idle, and nothing moves until some
+%% unrelated event wakes a scheduler -- forever on an otherwise idle helper.
+%% Measured with 8 workers fetching 200 KB replies (the check
+%% replies_never_stall in test/py_port_test.escript does the same):
+%% default limits (4/8 KiB) stalled in 0-7 of 25-30 runs; 256 KiB/1 MiB
+%% never with 200 KB replies but 1 in 30 runs with 2 MB ones; disabled in
+%% none of 180 runs (replies of 2 KB to 5 MB, 4 to 16 workers), with the
+%% same throughput within noise.  So the port never goes busy.  Its output
+%% queue is still bounded: replies by the number of Python workers (each
+%% has one call in flight), output by py_user, which waits for the queue
+%% to drain below its own limit before it answers the printing process.
+-define(BUSY_LIMITS, disabled).
+
+-record(state, {
+    parent :: pid(),
+    port :: port(),
+    %% Worker => {Handler, Monitor, Seq of the last frame given to it}
+    workers = #{} :: #{non_neg_integer() => {pid(), reference(), non_neg_integer()}},
+    %% Handler => Worker, to find the worker when a handler goes down
+    handlers = #{} :: #{pid() => non_neg_integer()}
+}).
+
+%% API.
+
+-spec start_link() -> {ok, pid()}.
+start_link() ->
+    proc_lib:start_link(?MODULE, init, [self()]).
+
+%% proc_lib.
+
+-spec init(pid()) -> no_return().
+init(Parent) ->
+    %% Trapping exits: the supervisor's shutdown arrives as a message, and a
+    %% process some user function linked to this one cannot take the channel
+    %% down when it dies.  The port's own exit (a write error: Python is
+    %% gone) arrives as a message too and halts the node.
+    process_flag(trap_exit, true),
+    register(?MODULE, self()),
+    Port = open_port({fd, 0, 1}, [{packet, 4}, binary, eof,
+                                  {busy_limits_port, ?BUSY_LIMITS}]),
+    %% HELLO first, then make the port visible: py_user writes output only
+    %% once py_port exists, so HELLO is always the first frame Python reads.
+    true = port_command(Port, [<<?K_HELLO, 0:32, 0:32>>, term_to_binary(hello())]),
+    true = register(py_port, Port),
+    %% Output printed during boot was buffered by py_user; let it flush now.
+    %% py_user, like the handlers, keeps the port itself: the name py_port
+    %% is only for finding it, and a user function may unregister it.
+    case whereis(user) of
+        undefined -> ok;
+        User -> User ! {'$py_port', Port}
+    end,
+    proc_lib:init_ack(Parent, {ok, self()}),
+    loop(#state{parent = Parent, port = Port}).
+
+%% sys.
+
+-spec system_continue(pid(), [sys:dbg_opt()], #state{}) -> no_return().
+system_continue(_Parent, _Debug, State) ->
+    loop(State).
+
+-spec system_terminate(term(), pid(), [sys:dbg_opt()], #state{}) -> no_return().
+system_terminate(Reason, _Parent, _Debug, _State) ->
+    exit(Reason).
+
+-spec system_code_change(#state{}, module(), term(), term()) -> {ok, #state{}}.
+system_code_change(State, _Module, _OldVsn, _Extra) ->
+    {ok, State}.
+
+%% Internal.
+
+loop(State = #state{port = Port, parent = Parent}) ->
+    receive
+        {Port, {data, <<Kind, Worker:32, Seq:32, _/binary>> = Frame}} ->
+            loop(frame(Kind, Worker, Seq, Frame, State));
+        {'DOWN', Monitor, process, Pid, Reason} ->
+            loop(handler_down(Monitor, Pid, Reason, State));
+        {Port, eof} ->
+            %% Python closed our stdin: it is gone or stopping us.  Halt now;
+            %% flushing output nobody will read could only delay the exit.
+            erlang:halt(0, [{flush, false}]);
+        {Port, {data, Short}} ->
+            %% Shorter than a header: a bug on the Python side.  Say so on
+            %% stderr and go on; there is no Worker to answer to.
+            logger:warning("py: dropped a malformed frame of ~b bytes", [byte_size(Short)]),
+            loop(State);
+        {'EXIT', Port, Reason} ->
+            %% The channel failed (EPIPE: Python closed its end).  Written
+            %% straight to fd 2: logger may buffer, and halt does not wait.
+            catch io:format(standard_error,
+                            "erlang helper: the channel to Python failed: ~tp~n", [Reason]),
+            erlang:halt(1, [{flush, false}]);
+        {'EXIT', Parent, Reason} ->
+            exit(Reason);
+        {system, From, Request} ->
+            sys:handle_system_msg(Request, From, Parent, ?MODULE, [], State);
+        _Other ->
+            %% A user function may send anything to this process (or fake a
+            %% port message from another port); it must not take the channel
+            %% down, nor fill this mailbox.
+            loop(State)
+    end.
+
+frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{workers = Workers}) ->
+    case Workers of
+        #{Worker := {Pid, Monitor, Seq}} ->
+            %% kill, not a softer signal: the call may be stuck anywhere,
+            %% trapping exits or in a receive that never ends.
+            exit(Pid, kill),
+            erlang:demonitor(Monitor, [flush]),
+            forget(Worker, Pid, State);
+        _ ->
+            %% Unknown worker, or a Seq the handler was never given (or that
+            %% a later frame has superseded): nothing to abandon.
+            State
+    end;
+frame(_Kind, Worker, Seq, Frame, State = #state{workers = Workers}) ->
+    case Workers of
+        #{Worker := {Pid, Monitor, _}} ->
+            Pid ! {'$py_frame', Frame},
+            State#state{workers = Workers#{Worker := {Pid, Monitor, Seq}}};
+        _ ->
+            {Pid, Monitor} = py_handler:start_monitor(State#state.port),
+            Pid ! {'$py_frame', Frame},
+            State#state{workers = Workers#{Worker => {Pid, Monitor, Seq}},
+                        handlers = (State#state.handlers)#{Pid => Worker}}
+    end.
+
+%% A handler died without being cancelled: it was killed by someone else,
+%% or a process linked to it died, or it called exit/2 on itself.  Whatever
+%% call it was running will never be answered by it, so answer it here.
+handler_down(Monitor, Pid, Reason, State = #state{handlers = Handlers, workers = Workers}) ->
+    Worker = maps:get(Pid, Handlers, none),
+    case Workers of
+        #{Worker := {Pid, Monitor, Seq}} ->
+            Error = term_to_binary({exit, Reason, []}),
+            true = port_command(State#state.port, [<<?K_ERROR, Worker:32, Seq:32>> | Error]),
+            forget(Worker, Pid, State);
+        _ ->
+            %% Not one of our monitors: a user function may send a fake
+            %% 'DOWN' naming a live handler; that must not orphan it.
+            State
+    end.
+
+forget(Worker, Pid, State = #state{workers = Workers, handlers = Handlers}) ->
+    State#state{workers = maps:remove(Worker, Workers),
+                handlers = maps:remove(Pid, Handlers)}.
+
+hello() ->
+    #{protocol => ?PY_PROTOCOL_VERSION,
+      otp_release => list_to_binary(erlang:system_info(otp_release)),
+      erts_version => list_to_binary(erlang:system_info(version)),
+      node => node(),
+      os_pid => list_to_integer(os:getpid())}.

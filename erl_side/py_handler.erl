@@ -1,0 +1,115 @@
+%% A handler: the process that runs the calls of one Python worker.
+%%
+%% One per worker, spawned (and monitored, not linked) by py_coordinator on
+%% the worker's first frame and kept for all its later calls, so the common
+%% path costs no spawn.  A worker has at most one call in flight, so a
+%% handler runs its calls one after the other.  It writes each reply to the
+%% channel port itself, so the coordinator never waits for a handler.  It
+%% holds the port, not its registered name py_port: a user function may
+%% unregister the name, and replies must still get through.  Registered functions run in this process: what they leave
+%% behind (links, trap_exit, dictionary entries, messages) stays for the
+%% worker's next call, except stray messages, which are dropped between
+%% calls so that the mailbox does not grow.
+-module(py_handler).
+
+-include("py_protocol.hrl").
+
+%% Bytes of request + reply after which the handler collects its garbage
+%% before waiting for the next call.
+-define(COLLECT_AFTER, 1024 * 1024).
+
+%% API.
+-export([start_monitor/1]).
+
+%% Internal.
+-export([init/1]).
+
+%% API.
+
+%% Spawns a handler, monitored by the caller (the coordinator).  Plain
+%% spawn, not proc_lib: the handler catches everything its calls raise, so
+%% it only dies of an exit signal (a cancel, a linked process), and the
+%% coordinator reports that to Python; a crash report would only repeat it.
+-spec start_monitor(port()) -> {pid(), reference()}.
+start_monitor(Port) ->
+    spawn_monitor(?MODULE, init, [Port]).
+
+%% Internal.
+
+-spec init(port()) -> no_return().
+init(Port) ->
+    loop(Port).
+
+loop(Port) ->
+    receive
+        {'$py_frame', Frame} ->
+            handle(Frame, Port),
+            loop(Port);
+        _Stray ->
+            %% Left by a finished call (a late reply, a timer, an 'EXIT').
+            loop(Port)
+    end.
+
+handle(<<Kind, Worker:32, Seq:32, Payload/binary>> = Frame, Port) ->
+    %% py_user reads '$py_call' from this dictionary to attribute io:format
+    %% output to the call that printed it.
+    put('$py_call', {Worker, Seq}),
+    %% term_to_binary inside the try: a result that cannot be encoded
+    %% (system_limit) becomes an ERROR reply, not a dead handler.
+    {Header, Body} =
+        try term_to_binary(run(Kind, Payload)) of
+            Result ->
+                {<<?K_OK, Worker:32, Seq:32>>, Result}
+        catch
+            Class:Reason:Stack ->
+                {<<?K_ERROR, Worker:32, Seq:32>>,
+                 term_to_binary({Class, Reason, user_stack(Stack)})}
+        end,
+    erase('$py_call'),
+    true = port_command(Port, [Header | Body]),
+    %% An idle process never garbage-collects, so the last request and
+    %% reply would stay referenced (and in memory) until this worker's next
+    %% call.  Cheap to drop them now when they are big.
+    case byte_size(Frame) + byte_size(Body) > ?COLLECT_AFTER of
+        true -> _ = garbage_collect(), ok;
+        false -> ok
+    end.
+
+run(?K_CALL, Payload) ->
+    case binary_to_term(Payload) of
+        {Name, Args} when is_binary(Name) ->
+            call(Name, Args);
+        {Name, Args} when is_atom(Name) ->
+            call(atom_to_binary(Name, utf8), Args);
+        Other ->
+            erlang:error({bad_request, call, Other})
+    end;
+run(?K_APPLY, Payload) ->
+    case binary_to_term(Payload) of
+        {Module, Function, Args} when is_atom(Module), is_atom(Function), is_list(Args) ->
+            apply(Module, Function, Args);
+        Other ->
+            erlang:error({bad_request, apply, Other})
+    end;
+run(?K_EVAL, Payload) ->
+    py:eval(binary_to_term(Payload));
+run(Kind, _Payload) ->
+    erlang:error({unknown_kind, Kind}).
+
+%% The registry lookup is inlined here (rather than calling py:call/2) to
+%% keep the hot path short; keep the two in step.  Keys are binaries, so an
+%% unknown name coming from Python never becomes an atom.
+call(Name, Args) ->
+    case ets:lookup(py_registry, Name) of
+        [{_, {'fun', Fun}}] ->
+            Fun(Args);
+        [{_, {mfa, Module, Function}}] ->
+            Module:Function(Args);
+        [] ->
+            erlang:raise(error, {undefined_function, Name}, [])
+    end.
+
+%% The stack trace Python sees ends at the user's code: this module's frames
+%% (always the outermost ones) say nothing to the caller.
+user_stack(Stack) ->
+    lists:takewhile(fun(Frame) -> element(1, Frame) =/= ?MODULE end, Stack).
