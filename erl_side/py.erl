@@ -19,6 +19,9 @@
 -type name() :: atom() | binary() | string().
 -export_type([name/0]).
 
+%% Error formatting.
+-export([format_error/1]).
+
 %% API.
 
 %% Registers Fun under Name: erlang.call(Name, A, B) runs Fun([A, B]).
@@ -69,7 +72,7 @@ call(Name, Args) ->
 eval(Source) ->
     Text = case unicode:characters_to_list(Source) of
                List when is_list(List) -> List;
-               _ -> erlang:error({syntax_error, <<"the source is not valid UTF-8 text">>})
+               _ -> erlang:raise(error, {syntax_error, <<"the source is not valid UTF-8 text">>}, [])
            end,
     Tokens = case erl_scan:string(Text, 1) of
                  {ok, Ts, End} -> ensure_dot(Ts, End);
@@ -102,8 +105,16 @@ load_source(Source, File) ->
                 {error, What} -> erlang:error({load_error, Module, What})
             end;
         {error, Errors, _Warnings} ->
-            erlang:error({compile_error, format_errors(Errors)})
+            %% no stack trace: it would only show this function
+            erlang:raise(error, {compile_error, format_errors(Errors)}, [])
     end.
+
+%% Error formatting.
+
+%% The erl_scan/erl_parse convention, so that syntax_error/1 formats this
+%% module's own errors like theirs.
+-spec format_error(no_expression) -> string().
+format_error(no_expression) -> "no expression to evaluate".
 
 %% Internal.
 
@@ -120,7 +131,8 @@ name(Name) when is_list(Name) ->
 %% "1 + 1" is as good as "1 + 1.": add the dot after the last token (not
 %% after the text, which may end in a % comment).
 ensure_dot([], End) ->
-    [{dot, End}];
+    %% Erlang's own message would be "syntax error before: '.'"
+    syntax_error({End, ?MODULE, no_expression});
 ensure_dot(Tokens, End) ->
     case lists:last(Tokens) of
         {dot, _} -> Tokens;
@@ -148,36 +160,44 @@ eval_sequences([Exprs | Rest], Bindings) ->
 syntax_error({Location, Module, Description}) ->
     Message = io_lib:format("~ts: ~ts", [location(Location),
                                          Module:format_error(Description)]),
-    erlang:error({syntax_error, unicode:characters_to_binary(Message)}).
+    %% no stack trace: it would only show this module
+    erlang:raise(error, {syntax_error, unicode:characters_to_binary(Message)}, []).
 
 location({Line, Column}) -> io_lib:format("~w:~w", [Line, Column]);
 location(Line) when is_integer(Line) -> integer_to_list(Line);
 location(_) -> "?".
 
-%% epp only reads files, so the source goes through a private temporary
-%% file; -file attributes and messages name File, not the temporary one.
+%% epp only reads files, so the source goes through a temporary file, in a
+%% directory of its own (epp looks for -include files next to the file it
+%% reads first; nothing else may be found there).  -file attributes and
+%% messages name File, not the temporary file.
 preprocess(Source, FileName) ->
-    Tmp = temp_name(),
-    ok = file:write_file(Tmp, Source, [exclusive]),
+    Dir = temp_dir(),
+    ok = file:make_dir(Dir),
+    Tmp = filename:join(Dir, "source.erl"),
     try
+        ok = file:write_file(Tmp, Source),
         Includes = [filename:dirname(FileName) || FileName =/= "nofile"],
         case epp:parse_file(Tmp, [{source_name, FileName}, {includes, Includes}]) of
-            {ok, Forms} -> Forms;
-            {error, Reason} -> erlang:error({compile_error, iolist_to_binary(
-                                   io_lib:format("~ts: ~tp", [FileName, Reason]))})
+            {ok, Forms} ->
+                Forms;
+            {error, Reason} ->
+                Message = io_lib:format("~ts: ~tp", [FileName, Reason]),
+                erlang:raise(error, {compile_error, unicode:characters_to_binary(Message)}, [])
         end
     after
-        _ = file:delete(Tmp)
+        _ = file:delete(Tmp),
+        _ = file:del_dir(Dir)
     end.
 
-temp_name() ->
-    Dir = case os:getenv("TMPDIR") of
-              false -> "/tmp";
-              "" -> "/tmp";
-              D -> D
-          end,
-    filename:join(Dir, io_lib:format("py_load_~s_~b.erl",
-                                     [os:getpid(), erlang:unique_integer([positive])])).
+temp_dir() ->
+    Root = case os:getenv("TMPDIR") of
+               false -> "/tmp";
+               "" -> "/tmp";
+               Path -> Path
+           end,
+    filename:join(Root, io_lib:format("py_load_~s_~b",
+                                      [os:getpid(), erlang:unique_integer([positive])])).
 
 format_errors(Errors) ->
     unicode:characters_to_binary(

@@ -4,7 +4,8 @@
 %%
 %% The channel is the helper's stdin (Python -> BEAM) and stdout
 %% (BEAM -> Python), opened as one port: open_port({fd, 0, 1}, [{packet, 4},
-%% binary, eof]).  Nothing else may write to fd 1 (see py_user; the one leak
+%% binary, eof]) with busy limits off (see ?BUSY_LIMITS for why).  Nothing
+%% else may write to fd 1 (see py_user; the one leak
 %% no option can stop is erlang:display/1, which the emulator writes to fd 1
 %% itself -- do not call it in the helper).
 %%
@@ -42,31 +43,37 @@
 %%   OK     16  Result: the value the call returned.
 %%   ERROR  17  {Class, Reason, Stacktrace}: the call raised
 %%              (Class = error | throw | exit).  The stack trace leaves out
-%%              the helper's own frames.  Reasons the helper makes itself:
-%%                error:{undefined_function, Name}  CALL of an unregistered
-%%                                                  Name (stack trace [])
-%%                error:undef                       APPLY of a function that
-%%                                                  does not exist
-%%                error:{syntax_error, Message}     EVAL that does not scan or
-%%                                                  parse; Message is a binary
-%%                                                  like <<"1: syntax error
-%%                                                  before: ')'">>
-%%                error:{compile_error, Message}    py:load_source/2; Message
-%%                                                  is a binary of
-%%                                                  "File:Line: text" lines
+%%              the helper's own frames.  Reasons the helper makes itself
+%%              (those marked [] come with an empty stack trace):
+%%                error:{undefined_function, Name}   [] CALL of a Name that
+%%                                                   is not registered
+%%                error:undef                        APPLY of a function that
+%%                                                   does not exist; the top
+%%                                                   frame is {M, F, Args, _}
+%%                error:{syntax_error, Message}      [] EVAL that does not
+%%                                                   scan or parse; Message is
+%%                                                   a binary such as
+%%                                                   <<"1: syntax error
+%%                                                   before: ')'">>
+%%                error:{compile_error, Message}     [] py:load_source/2;
+%%                                                   Message is a binary of
+%%                                                   "File:Line: text" lines
+%%                error:{load_error, Module, Why}    py:load_source/2 could
+%%                                                   not load (e.g. a sticky
+%%                                                   OTP module)
 %%                error:{bad_request, Kind, Payload} a payload of the wrong
-%%                                                  shape for its Kind
-%%                error:{unknown_kind, Kind}        a Kind this side does not
-%%                                                  know
-%%                exit:Reason  (stack trace [])     the handler process died
-%%                                                  while running the call
-%%                                                  (killed, or a linked
-%%                                                  process died).  Sent by
-%%                                                  the coordinator for the
-%%                                                  worker's last Seq: if that
-%%                                                  call had already been
-%%                                                  answered, Python drops it
-%%                                                  as stale.
+%%                                                   shape (call | apply)
+%%                error:{unknown_kind, Kind}         a Kind this side does
+%%                                                   not know
+%%                exit:Reason                        [] the handler process
+%%                                                   died while running the
+%%                                                   call (killed, or a linked
+%%                                                   process died).  Sent by
+%%                                                   the coordinator for the
+%%                                                   worker's last Seq: if that
+%%                                                   call had already been
+%%                                                   answered, Python drops it
+%%                                                   as stale.
 %%   HELLO  18  Worker 0, Seq 0, the first frame on the channel:
 %%              #{protocol => ?PY_PROTOCOL_VERSION, otp_release => <<"25">>,
 %%                erts_version => <<"13.1.5">>, node => node(),
@@ -160,7 +167,7 @@ init(Parent) ->
     %% is only for finding it, and a user function may unregister it.
     case whereis(user) of
         undefined -> ok;
-        User -> User ! {'$py_port', Port}
+        User -> User ! {'$py_port', Port}, ok
     end,
     proc_lib:init_ack(Parent, {ok, self()}),
     loop(#state{parent = Parent, port = Port}).
@@ -246,7 +253,7 @@ handler_down(Monitor, Pid, Reason, State = #state{handlers = Handlers, workers =
     case Workers of
         #{Worker := {Pid, Monitor, Seq}} ->
             Error = term_to_binary({exit, Reason, []}),
-            true = port_command(State#state.port, [<<?K_ERROR, Worker:32, Seq:32>> | Error]),
+            true = port_command(State#state.port, [<<?K_ERROR, Worker:32, Seq:32>>, Error]),
             forget(Worker, Pid, State);
         _ ->
             %% Not one of our monitors: a user function may send a fake

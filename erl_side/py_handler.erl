@@ -6,10 +6,12 @@
 %% handler runs its calls one after the other.  It writes each reply to the
 %% channel port itself, so the coordinator never waits for a handler.  It
 %% holds the port, not its registered name py_port: a user function may
-%% unregister the name, and replies must still get through.  Registered functions run in this process: what they leave
-%% behind (links, trap_exit, dictionary entries, messages) stays for the
-%% worker's next call, except stray messages, which are dropped between
-%% calls so that the mailbox does not grow.
+%% unregister the name, and replies must still get through.
+%%
+%% Registered functions run in this process: what they leave behind (links,
+%% trap_exit, dictionary entries) stays for the worker's next call, except
+%% stray messages, which are dropped between calls so that the mailbox does
+%% not grow.
 -module(py_handler).
 
 -include("py_protocol.hrl").
@@ -66,7 +68,7 @@ handle(<<Kind, Worker:32, Seq:32, Payload/binary>> = Frame, Port) ->
                  term_to_binary({Class, Reason, user_stack(Stack)})}
         end,
     erase('$py_call'),
-    true = port_command(Port, [Header | Body]),
+    true = port_command(Port, [Header, Body]),
     %% An idle process never garbage-collects, so the last request and
     %% reply would stay referenced (and in memory) until this worker's next
     %% call.  Cheap to drop them now when they are big.

@@ -3,6 +3,8 @@
 %%
 %% Frame (port option {packet,4}): <<Kind:8, Worker:32/big, Seq:32/big, Payload/binary>>
 %% Payload is one term_to_binary/1 term.  Worker 0 is the control channel.
+%% The full protocol (payload shapes, error reasons, ordering guarantees) is
+%% documented at the top of py_coordinator.erl.
 
 -define(PY_PROTOCOL_VERSION, 1).
 
@@ -10,13 +12,17 @@
 -define(K_CALL,    1).   %% {Name :: binary(), Args :: list()}
 -define(K_APPLY,   2).   %% {Module :: atom(), Function :: atom(), Args :: list()}
 -define(K_EVAL,    3).   %% Source :: binary()
--define(K_CANCEL,  4).   %% [] -- kill the handler if it still runs (Worker, Seq)
+-define(K_CANCEL,  4).   %% [] -- kill the handler if it still runs (Worker, Seq);
+                         %% no reply is ever sent for a cancelled call
 
 %% BEAM -> Python
 -define(K_OK,     16).   %% Result
--define(K_ERROR,  17).   %% {Class, Reason, Stacktrace}
+-define(K_ERROR,  17).   %% {Class, Reason, Stacktrace}; also {exit, Reason, []} from
+                         %% the coordinator when a handler dies mid-call
 -define(K_HELLO,  18).   %% worker 0: #{protocol, otp_release, erts_version, node, os_pid}
--define(K_OUTPUT, 19).   %% {stdout | stderr, Data :: binary()}
+-define(K_OUTPUT, 19).   %% {stdout | stderr, Data :: binary()}; Worker/Seq of the
+                         %% call that printed it (sent before its reply), or 0/0.
+                         %% The helper only sends stdout: logs go to fd 2.
 
 %% reserved: Erlang -> Python calls and messages
 -define(K_CALLBACK,       32).

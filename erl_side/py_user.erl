@@ -11,9 +11,9 @@
 %% whole frames: output becomes an OUTPUT frame
 %%   <<?K_OUTPUT, Worker:32, Seq:32, (term_to_binary({stdout, Utf8}))/binary>>
 %% written to the channel port (owned by py_coordinator, registered as
-%% py_port) BEFORE the io_reply is sent.  The printing process waits for that reply, so when a handler
-%% prints and then replies, the OUTPUT frame reaches the port -- and Python
-%% -- before the call's OK/ERROR frame.
+%% py_port) BEFORE the io_reply is sent.  The printing process waits for
+%% that reply, so when a handler prints and then replies, the OUTPUT frame
+%% reaches the port -- and Python -- before the call's OK/ERROR frame.
 %%
 %% Worker/Seq name the call that printed: a handler keeps {Worker, Seq} under
 %% '$py_call' in its process dictionary while it runs a call, and this
@@ -141,7 +141,7 @@ put_chars(Encoding, Chars, From, State) when Encoding =:= unicode; Encoding =:= 
             {ok, State};
         Text when is_binary(Text) ->
             {Worker, Seq} = call_of(From),
-            Frame = [<<?K_OUTPUT, Worker:32, Seq:32>> | term_to_binary({stdout, Text})],
+            Frame = [<<?K_OUTPUT, Worker:32, Seq:32>>, term_to_binary({stdout, Text})],
             {ok, write(Frame, State)};
         _Invalid ->
             {{error, put_chars}, State}

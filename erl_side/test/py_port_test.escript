@@ -403,9 +403,10 @@ wait_gone(_, _) ->
 %% ------------------------------------------------------------------ timings
 
 timings(Erl, Ebin) ->
-    N = 7,
-    Helper = [time_to_hello(Erl, Ebin) || _ <- lists:seq(1, N)],
-    Bare = [time_bare(Erl) || _ <- lists:seq(1, N)],
+    %% alternated, so that load on the machine hits both alike
+    N = 11,
+    Pairs = [{time_to_hello(Erl, Ebin), time_bare(Erl)} || _ <- lists:seq(1, N)],
+    {Helper, Bare} = lists:unzip(Pairs),
     io:format("~nstart-up, median of ~b (ms): helper to HELLO ~.1f ~w; "
               "bare `erl -noshell -noinput -eval 'halt().'` to exit ~.1f ~w~n",
               [N, median(Helper), [round(X) || X <- Helper],
