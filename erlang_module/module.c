@@ -75,22 +75,37 @@ codec_ready(module_state *st)
 
 /* ------------------------------------------------ term_to_binary / back */
 
+/* A scratch buffer for term_to_binary, reused while the GIL is held (no
+ * malloc per call for small terms).  `scratch_busy` covers re-entry from
+ * code the encoder may run (a __del__ during a bignum conversion). */
+static erpy_buf scratch;
+static int scratch_busy;
+
 static PyObject *
 m_term_to_binary(PyObject *module, PyObject *obj)
 {
     module_state *st = get_state(module);
     if (!codec_ready(st))
         return NULL;
-    erpy_buf b = {0};
+    erpy_buf local = {0};
+    erpy_buf *b = scratch_busy ? &local : &scratch;
     PyObject *res = NULL;
-    if (erpy_buf_reserve(&b, 64) < 0)
+    scratch_busy = 1;
+    b->len = 0;
+    if (erpy_buf_reserve(b, 64) < 0)
         goto done;
-    b.data[b.len++] = (char)131;
-    if (erpy_encode(&st->codec, &b, obj) < 0)
+    b->data[b->len++] = (char)131;
+    if (erpy_encode(&st->codec, b, obj) < 0)
         goto done;
-    res = PyBytes_FromStringAndSize(b.data, (Py_ssize_t)b.len);
+    res = PyBytes_FromStringAndSize(b->data, (Py_ssize_t)b->len);
 done:
-    erpy_buf_free(&b);
+    if (b == &scratch) {
+        scratch_busy = 0;
+        if (scratch.cap > (1 << 20))
+            erpy_buf_free(&scratch);   /* do not keep a big term's buffer */
+    } else {
+        erpy_buf_free(&local);
+    }
     return res;
 }
 
@@ -390,36 +405,25 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
     d[0] = (char)(blen >> 24); d[1] = (char)(blen >> 16); d[2] = (char)(blen >> 8); d[3] = (char)blen;
     d[5] = (char)(w->id >> 24); d[6] = (char)(w->id >> 16); d[7] = (char)(w->id >> 8); d[8] = (char)w->id;
     d[9] = (char)(seq >> 24); d[10] = (char)(seq >> 16); d[11] = (char)(seq >> 8); d[12] = (char)seq;
-    int reg;
-    Py_BEGIN_ALLOW_THREADS
-    /* Registered before the request is written, so the reply cannot come
-     * before anyone expects it. */
-    reg = erpy_wait_register(b, w, seq);
-    if (reg == 0)
-        /* A failed write means the helper is gone: the reader sees EOF and
-         * the wait below reports it. */
-        (void)erpy_bridge_write(b, w->out.data, w->out.len);
-    Py_END_ALLOW_THREADS
-    if (reg != 0)
-        return raise_exited(st, b, NULL);
     int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : OTHER_SLICE_MS;
+    erpy_frame *f;
+    int r;
+    /* One GIL release for sending and the first wait: under contention every
+     * release/acquire is a hand-off between threads. */
+    Py_BEGIN_ALLOW_THREADS
+    r = erpy_call(b, w, seq, w->out.data, w->out.len, deadline, slice, &f);
+    Py_END_ALLOW_THREADS
     for (;;) {
-        int r;
-        Py_BEGIN_ALLOW_THREADS
-        r = erpy_wait(b, w, deadline, slice);
-        Py_END_ALLOW_THREADS
-        int done;
-        erpy_frame *f;
         switch (r) {
         case ERPY_W_REPLY:
+            return finish(st, f);
         case ERPY_W_OUTPUT:
-            f = erpy_inbox_take(b, w, &done);
-            if (done)
-                return finish(st, f);
             for (erpy_frame *x = f; x; x = x->next)
                 show_output(st, x);
             erpy_frames_free(f);
             break;
+        case ERPY_W_NOT_SENT:
+            return raise_exited(st, b, NULL);
         case ERPY_W_DEAD:
             erpy_wait_abandon(b, w);
             return raise_exited(st, b, NULL);
@@ -436,6 +440,9 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
                 return NULL;
             }
         }
+        Py_BEGIN_ALLOW_THREADS
+        r = erpy_wait(b, w, deadline, slice, &f);
+        Py_END_ALLOW_THREADS
     }
 }
 
@@ -487,6 +494,8 @@ static inline PyObject *
 release_worker(erpy_worker *w, PyObject *result)
 {
     w->busy = 0;
+    if (w->out.cap > (4u << 20))
+        erpy_buf_free(&w->out);   /* a thread does not keep a big request's buffer */
     return result;
 }
 

@@ -65,6 +65,11 @@ erpy_spawn(char *const argv[], char *const envp[], pid_t *pid,
     close(in[0]);
     close(out[1]);
     close(err[1]);
+    /* 1 MiB channel pipes (the default is 64 KiB): a large request or reply
+     * crosses in a few system calls instead of one per 64 KiB.  Best effort:
+     * the kernel may refuse (pipe-max-size, per-user pipe budget). */
+    (void)fcntl(in[1], F_SETPIPE_SZ, 1 << 20);
+    (void)fcntl(out[0], F_SETPIPE_SZ, 1 << 20);
     *to_fd = in[1];
     *from_fd = out[0];
     *err_fd = err[0];

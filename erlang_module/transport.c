@@ -271,10 +271,9 @@ static erpy_bridge *current;
 erpy_bridge *
 erpy_bridge_current(void)
 {
-    pthread_mutex_lock(&current_lock);
-    erpy_bridge *b = current;
-    pthread_mutex_unlock(&current_lock);
-    return b;
+    /* On every call's path: an atomic load, no lock.  Writers hold
+     * current_lock and store with release ordering. */
+    return __atomic_load_n(&current, __ATOMIC_ACQUIRE);
 }
 
 /* Wakes one waiting worker other than `except` so that it takes the
@@ -322,6 +321,8 @@ mark_dead(erpy_bridge *b, int status, const char *why)
         return;
     b->dead = 1;
     b->exit_status = status;
+    if (why == NULL && b->stopping)
+        why = "the Erlang helper was stopped (erlang.stop() or interpreter exit)";
     if (why)
         snprintf(b->why, sizeof b->why, "%s", why);
     for (erpy_worker *x = b->waiting; x; x = x->wnext)
@@ -634,7 +635,9 @@ lead_once(erpy_bridge *b, erpy_worker *self, int timeout_ms, int extra_fd)
                                          : "protocol error: bad frame from the helper (killed it)";
     if (rc == READ_PROTOCOL && b->pid > 0)
         kill(b->pid, SIGKILL);
-    int status = reap(b, 500);
+    /* A helper that closed its stdout is exiting; 900 ms leaves time for a
+     * loaded machine while keeping "HelperExited within a second". */
+    int status = reap(b, 900);
     pthread_mutex_lock(&b->lock);
     mark_dead(b, status, why);
     pthread_mutex_unlock(&b->lock);
@@ -796,7 +799,7 @@ erpy_bridge_start(char *const argv[], char *const envp[], int *err)
         return NULL;   /* leaked on purpose: the stderr thread still uses it */
     }
     pthread_mutex_lock(&current_lock);
-    current = b;
+    __atomic_store_n(&current, b, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&current_lock);
     return b;
 fail:
@@ -838,6 +841,9 @@ erpy_bridge_kill(erpy_bridge *b)
 void
 erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
 {
+    pthread_mutex_lock(&b->lock);
+    b->stopping = 1;
+    pthread_mutex_unlock(&b->lock);
     pthread_mutex_lock(&b->wlock);
     if (b->to_fd >= 0) {
         close(b->to_fd);     /* stdin EOF: the helper halts at once */
@@ -845,7 +851,6 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
     }
     pthread_mutex_unlock(&b->wlock);
     pthread_mutex_lock(&b->lock);
-    b->stopping = 1;
     wake_fd(b->bg_pipe[1]);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -891,7 +896,7 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
     pthread_mutex_unlock(&b->lock);
     pthread_mutex_lock(&current_lock);
     if (current == b)
-        current = NULL;
+        __atomic_store_n(&current, NULL, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&current_lock);
 }
 
@@ -921,14 +926,10 @@ erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len)
 
 /* ---------------------------------------------------------------- waiting */
 
-int
-erpy_wait_register(erpy_bridge *b, erpy_worker *w, uint32_t seq)
+/* Adds w to b's waiting list for seq.  Lock held; b not dead. */
+static void
+register_locked(erpy_bridge *b, erpy_worker *w, uint32_t seq)
 {
-    pthread_mutex_lock(&b->lock);
-    if (b->dead) {
-        pthread_mutex_unlock(&b->lock);
-        return -1;
-    }
     w->wait_bridge = b;
     __atomic_store_n(&w->wait_seq, seq, __ATOMIC_RELEASE);
     w->has_reply = 0;
@@ -939,18 +940,16 @@ erpy_wait_register(erpy_bridge *b, erpy_worker *w, uint32_t seq)
     b->waiting = w;
     b->n_waiting++;
     b->last_activity_ns = erpy_now_ns();
-    if (b->leader == ERPY_BG)
-        wake_fd(b->bg_pipe[1]);   /* ask the background reader to step down */
-    pthread_mutex_unlock(&b->lock);
-    return 0;
 }
 
-int
-erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms)
+/* The waiting loop; lock held on entry and exit.  *frames gets w's inbox
+ * when the result is ERPY_W_REPLY or ERPY_W_OUTPUT. */
+static int
+wait_locked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice_end,
+            erpy_frame **frames)
 {
-    uint64_t slice_end = erpy_now_ns() + (uint64_t)slice_ms * 1000000ULL;
     int result;
-    pthread_mutex_lock(&b->lock);
+    *frames = NULL;
     for (;;) {
         if (w->has_reply) {
             deregister(b, w);
@@ -982,6 +981,8 @@ erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms)
         int ms = (int)((until - now + 999999ULL) / 1000000ULL);
         if (b->leader == NULL)
             b->leader = w;
+        else if (b->leader == ERPY_BG)
+            wake_fd(b->bg_pipe[1]);   /* ask the background reader to step down */
         if (b->leader == w) {
             pthread_mutex_unlock(&b->lock);
             int r = lead_once(b, w, ms, -1);
@@ -1010,8 +1011,59 @@ erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms)
         b->leader = NULL;
         promote(b, w);
     }
-    pthread_mutex_unlock(&b->lock);
+    if (result == ERPY_W_REPLY || result == ERPY_W_OUTPUT) {
+        *frames = w->inbox;
+        w->inbox = w->inbox_tail = NULL;
+    }
     return result;
+}
+
+int
+erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t len,
+          uint64_t deadline_ns, int slice_ms, erpy_frame **frames)
+{
+    uint64_t slice_end = erpy_now_ns() + (uint64_t)slice_ms * 1000000ULL;
+    *frames = NULL;
+    pthread_mutex_lock(&b->lock);
+    if (b->dead) {
+        pthread_mutex_unlock(&b->lock);
+        return ERPY_W_NOT_SENT;
+    }
+    /* Registered before the request is written, so the reply cannot come
+     * before anyone expects it. */
+    register_locked(b, w, seq);
+    if (b->leader == NULL)
+        b->leader = w;
+    else if (b->leader == ERPY_BG)
+        wake_fd(b->bg_pipe[1]);   /* ask the background reader to step down */
+    int leading = b->leader == w;
+    pthread_mutex_unlock(&b->lock);
+    /* A failed write means the helper is gone: the reader sees EOF and the
+     * wait reports it. */
+    (void)erpy_bridge_write(b, buf, len);
+    if (leading) {
+        /* The common case of a lone caller: read the reply straight away,
+         * without taking the lock just to find out that it is not there. */
+        uint64_t now = erpy_now_ns();
+        uint64_t until = deadline_ns && deadline_ns < slice_end ? deadline_ns : slice_end;
+        if (now < until)
+            (void)lead_once(b, w, (int)((until - now + 999999ULL) / 1000000ULL), -1);
+    }
+    pthread_mutex_lock(&b->lock);
+    int r = wait_locked(b, w, deadline_ns, slice_end, frames);
+    pthread_mutex_unlock(&b->lock);
+    return r;
+}
+
+int
+erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms,
+          erpy_frame **frames)
+{
+    uint64_t slice_end = erpy_now_ns() + (uint64_t)slice_ms * 1000000ULL;
+    pthread_mutex_lock(&b->lock);
+    int r = wait_locked(b, w, deadline_ns, slice_end, frames);
+    pthread_mutex_unlock(&b->lock);
+    return r;
 }
 
 void
@@ -1024,20 +1076,6 @@ erpy_wait_abandon(erpy_bridge *b, erpy_worker *w)
     pthread_mutex_unlock(&b->lock);
     erpy_frames_free(f);
     drain_fd(w->pipe_r);
-}
-
-erpy_frame *
-erpy_inbox_take(erpy_bridge *b, erpy_worker *w, int *has_reply)
-{
-    pthread_mutex_lock(&b->lock);
-    erpy_frame *f = w->inbox;
-    w->inbox = w->inbox_tail = NULL;
-    /* The reply may have come after erpy_wait returned ERPY_W_OUTPUT. */
-    *has_reply = w->has_reply || w->wait_seq == 0;
-    if (w->has_reply)
-        deregister(b, w);
-    pthread_mutex_unlock(&b->lock);
-    return f;
 }
 
 /* ------------------------------------------------------------------- fork */
@@ -1081,6 +1119,9 @@ atfork_child(void)
         w->inbox = w->inbox_tail = NULL;   /* leaked: a few frames at most */
         w->wnext = w->wprev = NULL;
         if (w != mine) {
+            /* Its thread does not exist in the child, though it may have
+             * been in the middle of a call in the parent. */
+            w->busy = 0;
             w->in_use = 0;
             w->free_next = free_list;
             free_list = w;

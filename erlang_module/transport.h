@@ -119,33 +119,29 @@ void erpy_bridge_kill(erpy_bridge *b);
 /* Copies the stderr tail into dst (NUL-terminated), returns its length. */
 size_t erpy_bridge_stderr_tail(erpy_bridge *b, char *dst, size_t cap);
 
-/* Registers w as waiting for (b, seq).  Returns 0, or -1 if b is dead. */
-int erpy_wait_register(erpy_bridge *b, erpy_worker *w, uint32_t seq);
-
-/* Writes buf (a complete frame) to the helper.  Returns 0 or an errno value
- * (EPIPE when the helper is gone). */
-int erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len);
-
-/* Results of erpy_wait. */
+/* Results of erpy_call and erpy_wait. */
 enum {
-    ERPY_W_REPLY = 1,     /* the reply is in w->inbox (maybe after OUTPUT frames); deregistered */
-    ERPY_W_OUTPUT,        /* OUTPUT frames in w->inbox, no reply yet; still registered */
+    ERPY_W_REPLY = 1,     /* *frames holds the reply (maybe after OUTPUT frames); deregistered */
+    ERPY_W_OUTPUT,        /* *frames holds OUTPUT frames, no reply yet; still registered */
     ERPY_W_DEAD,          /* the helper died; deregistered */
     ERPY_W_TIMEOUT,       /* deadline passed; deregistered, late replies will be dropped */
-    ERPY_W_SLICE,         /* slice_ms passed (or EINTR): check signals and wait again */
+    ERPY_W_SLICE,         /* slice_ms passed (or EINTR): check signals, then erpy_wait again */
+    ERPY_W_NOT_SENT,      /* b was already dead: nothing written, not registered */
 };
 
-/* Waits for w's current call.  deadline_ns: CLOCK_MONOTONIC, 0 for none.
- * Returns after at most slice_ms with ERPY_W_SLICE. */
-int erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms);
+/* Registers w as waiting for (b, seq), writes the request frame buf (header
+ * included), and waits as erpy_wait does.  deadline_ns: CLOCK_MONOTONIC, 0
+ * for none.  Returns after at most about slice_ms. */
+int erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t len,
+              uint64_t deadline_ns, int slice_ms, erpy_frame **frames);
+
+/* Waits more for w's current call (after ERPY_W_OUTPUT or ERPY_W_SLICE).
+ * The caller frees *frames with erpy_frames_free. */
+int erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms,
+              erpy_frame **frames);
 
 /* Abandons w's current call (deregisters; drops whatever arrived). */
 void erpy_wait_abandon(erpy_bridge *b, erpy_worker *w);
-
-/* Takes w's inbox (the caller frees the frames with erpy_frames_free).
- * *has_reply is set when the call's reply is among them (w is then no
- * longer registered). */
-erpy_frame *erpy_inbox_take(erpy_bridge *b, erpy_worker *w, int *has_reply);
 void erpy_frames_free(erpy_frame *f);
 
 /* Output queue (helper output not tied to a waiting call, and raw stderr).
