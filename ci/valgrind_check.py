@@ -1,0 +1,78 @@
+"""Reads valgrind's XML report and fails on every error that involves the
+extension: a frame of its shared object or of its C sources, in the error's
+own stack or in an auxiliary one (where a block was allocated or freed).
+
+CPython itself (a pyenv or distribution build without valgrind support)
+gives memcheck reports of its own -- uninitialised values in the small-int
+cache, 32-byte over-reads of wmemcmp/AVX2 and "leaks" of interned objects at
+exit -- none of which involve this package; a suppression file for them
+would have to follow every CPython patch release, so they are filtered here
+instead: only reports touching our code count.
+
+Usage: python valgrind_check.py valgrind.xml
+"""
+import sys
+import xml.etree.ElementTree as ET
+
+OUR_FILES = {"codec.c", "transport.c", "module.c", "spawn.c"}
+
+# Known and deliberate, reported but not counted: (kind, function that
+# allocated, why).  Remove an entry once the code no longer needs it.
+KNOWN = [
+    ("Leak_DefinitelyLost", "erpy_bridge_start",
+     "a bridge (the state of one helper, ~4.6 KiB) is never freed, by design "
+     "(transport.h: 'never freed'); one is lost per helper start after the "
+     "pointer to it is dropped"),
+]
+
+
+def known(err):
+    kind = err.findtext("kind") or ""
+    fns = [fr.findtext("fn") or "" for st in err.findall("stack") for fr in st.findall("frame")]
+    for k, fn, why in KNOWN:
+        if kind == k and fn in fns:
+            return why
+    return None
+
+
+def ours(frame):
+    obj = frame.findtext("obj") or ""
+    fn = frame.findtext("fn") or ""
+    src = frame.findtext("file") or ""
+    return ("/erlang/_erlang" in obj or src in OUR_FILES or fn.startswith("erpy_"))
+
+
+def describe(err):
+    lines = [err.findtext("kind") or "?", (err.findtext("what")
+                                            or err.findtext("xwhat/text") or "").strip()]
+    for stack in err.findall("stack"):
+        for fr in stack.findall("frame")[:12]:
+            lines.append("    %s %s:%s (%s)" % (fr.findtext("fn") or "?", fr.findtext("file") or "",
+                                                  fr.findtext("line") or "",
+                                                  (fr.findtext("obj") or "").rsplit("/", 1)[-1]))
+        lines.append("  --")
+    return "\n".join(lines)
+
+
+def main(path):
+    tree = ET.parse(path)
+    errors = tree.getroot().findall("error")
+    bad = []
+    for err in errors:
+        kind = err.findtext("kind") or ""
+        if kind.startswith("Leak_") and kind != "Leak_DefinitelyLost":
+            continue
+        if any(ours(fr) for st in err.findall("stack") for fr in st.findall("frame")):
+            why = known(err)
+            if why:
+                print("valgrind: known, not counted: %s: %s" % (kind, why))
+                continue
+            bad.append(err)
+    print("valgrind: %d error records in all, %d involving the extension" % (len(errors), len(bad)))
+    for err in bad:
+        print(describe(err))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
