@@ -18,12 +18,7 @@ OUR_FILES = {"codec.c", "transport.c", "module.c", "spawn.c"}
 
 # Known and deliberate, reported but not counted: (kind, function that
 # allocated, why).  Remove an entry once the code no longer needs it.
-KNOWN = [
-    ("Leak_DefinitelyLost", "erpy_bridge_start",
-     "a bridge (the state of one helper, ~4.6 KiB) is never freed, by design "
-     "(transport.h: 'never freed'); one is lost per helper start after the "
-     "pointer to it is dropped"),
-]
+KNOWN = []
 
 
 def known(err):

@@ -227,6 +227,31 @@ raise_exited(module_state *st, erpy_bridge *b, const char *why)
     return NULL;
 }
 
+/* Bridges are reference-counted with the GIL held: the current-bridge slot
+ * holds one reference, and every call in flight (and every stop) another,
+ * so a bridge is freed only when it is closed and nobody uses it. */
+static void
+bridge_unref(erpy_bridge *b)
+{
+    if (--b->refs == 0 && b->closed)
+        erpy_bridge_free(b);
+}
+
+/* Stops b, releasing the GIL meanwhile.  The caller may still use b after
+ * this only if it holds a reference of its own. */
+static void
+stop_bridge(erpy_bridge *b, int timeout_ms)
+{
+    int was_current;
+    b->refs++;
+    Py_BEGIN_ALLOW_THREADS
+    was_current = erpy_bridge_stop(b, timeout_ms);
+    Py_END_ALLOW_THREADS
+    if (was_current)
+        bridge_unref(b);
+    bridge_unref(b);
+}
+
 /* Converts a timeout argument to an absolute deadline.  Returns 0 (with
  * *deadline_ns 0 for none) or -1 with an exception set. */
 static int
@@ -260,15 +285,18 @@ deadline_from(module_state *st, PyObject *timeout, uint64_t *deadline_ns)
 }
 
 /* Starts the default helper through Python when there is none.  Returns the
- * live bridge, or NULL with an exception set. */
+ * live bridge with a reference the caller drops with bridge_unref, or NULL
+ * with an exception set. */
 static erpy_bridge *
 live_bridge(module_state *st)
 {
     erpy_bridge *b = erpy_bridge_current();
     /* Until start-up (modules, on_start) is over, only the starting thread
      * may call; the others wait for it in autostart. */
-    if (b != NULL && !b->dead && (b->ready || st->starter == PyThread_get_thread_ident()))
+    if (b != NULL && !b->dead && (b->ready || st->starter == PyThread_get_thread_ident())) {
+        b->refs++;
         return b;
+    }
     PyObject *r = PyObject_CallNoArgs(st->autostart);
     if (r == NULL)
         return NULL;
@@ -278,6 +306,7 @@ live_bridge(module_state *st)
         raise_exited(st, b, "the helper is not running");
         return NULL;
     }
+    b->refs++;
     return b;
 }
 
@@ -539,10 +568,12 @@ m_call(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwn
     erpy_bridge *b = live_bridge(st);
     if (b == NULL)
         return NULL;
+    PyObject *res = NULL;
     erpy_worker *w = my_worker();
-    if (w == NULL)
-        return NULL;
-    return release_worker(w, call_impl(st, b, w, args, nargs, timeout));
+    if (w != NULL)
+        res = release_worker(w, call_impl(st, b, w, args, nargs, timeout));
+    bridge_unref(b);
+    return res;
 }
 
 /* Encodes {Name, Args} and makes the round trip. */
@@ -594,12 +625,16 @@ m_request(PyObject *module, PyObject *args)
     erpy_bridge *b = live_bridge(st);
     if (b == NULL)
         return NULL;
+    PyObject *res = NULL;
     erpy_worker *w = my_worker();
-    if (w == NULL)
-        return NULL;
-    if (begin_frame(w, kind) < 0 || erpy_encode(&st->codec, &w->out, payload) < 0)
-        return release_worker(w, NULL);
-    return release_worker(w, roundtrip(st, b, w, timeout));
+    if (w != NULL) {
+        if (begin_frame(w, kind) < 0 || erpy_encode(&st->codec, &w->out, payload) < 0)
+            res = release_worker(w, NULL);
+        else
+            res = release_worker(w, roundtrip(st, b, w, timeout));
+    }
+    bridge_unref(b);
+    return res;
 }
 
 /* Frees a NULL-terminated array of strings made by to_cstrings. */
@@ -650,6 +685,8 @@ error:
     return NULL;
 }
 
+static PyObject *start_handshake(module_state *st, erpy_bridge *b, double timeout);
+
 /* _start(argv, env, timeout, call_timeout, binaries) -> hello dict */
 static PyObject *
 m_start(PyObject *module, PyObject *args)
@@ -668,11 +705,8 @@ m_start(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "the helper is already running");
         return NULL;
     }
-    if (old != NULL) {
-        Py_BEGIN_ALLOW_THREADS
-        erpy_bridge_stop(old, 0);   /* reap what is left of the dead one */
-        Py_END_ALLOW_THREADS
-    }
+    if (old != NULL)
+        stop_bridge(old, 0);   /* reap what is left of the dead one */
     char **argv = to_cstrings(argv_o, "argv must be a sequence");
     if (argv == NULL)
         return NULL;
@@ -693,9 +727,20 @@ m_start(PyObject *module, PyObject *args)
         snprintf(msg, sizeof msg, "could not start the helper: %s", strerror(err));
         return raise_exited(st, NULL, msg);
     }
+    b->refs++;   /* ours, for the rest of this function */
     st->call_timeout = call_timeout;
     st->dopts.binaries_as_bytes = bb;
     st->starter = PyThread_get_thread_ident();
+    PyObject *hello = start_handshake(st, b, timeout);
+    bridge_unref(b);
+    return hello;
+}
+
+/* Waits for the HELLO of the just started b.  Returns the decoded hello, or
+ * NULL with an exception set after stopping b. */
+static PyObject *
+start_handshake(module_state *st, erpy_bridge *b, double timeout)
+{
     uint64_t end = erpy_now_ns() + (uint64_t)(timeout * 1e9);
     int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : OTHER_SLICE_MS;
     for (;;) {
@@ -706,19 +751,15 @@ m_start(PyObject *module, PyObject *args)
         if (r == 1)
             break;
         if (r == 0) {
-            Py_BEGIN_ALLOW_THREADS
-            erpy_bridge_stop(b, 0);
-            Py_END_ALLOW_THREADS
+            stop_bridge(b, 0);
             return raise_exited(st, b, "the helper exited during start-up");
         }
         int interrupted = PyErr_CheckSignals() < 0;
         if (interrupted || erpy_now_ns() >= end) {
             PyObject *et, *ev, *tb;
             PyErr_Fetch(&et, &ev, &tb);
-            Py_BEGIN_ALLOW_THREADS
             erpy_bridge_kill(b);
-            erpy_bridge_stop(b, 1000);
-            Py_END_ALLOW_THREADS
+            stop_bridge(b, 1000);
             if (interrupted) {
                 PyErr_Restore(et, ev, tb);
                 return NULL;
@@ -731,11 +772,8 @@ m_start(PyObject *module, PyObject *args)
     }
     erpy_frame *h = b->hello;
     PyObject *hello = decode_payload(st, h->payload, h->plen);
-    if (hello == NULL) {
-        Py_BEGIN_ALLOW_THREADS
-        erpy_bridge_stop(b, 1000);
-        Py_END_ALLOW_THREADS
-    }
+    if (hello == NULL)
+        stop_bridge(b, 1000);
     return hello;
 }
 
@@ -752,9 +790,7 @@ m_stop(PyObject *module, PyObject *arg)
     if (b == NULL)
         Py_RETURN_FALSE;
     int was_alive = !b->dead;
-    Py_BEGIN_ALLOW_THREADS
-    erpy_bridge_stop(b, t > 3600 ? 3600000 : (int)(t * 1000));
-    Py_END_ALLOW_THREADS
+    stop_bridge(b, t > 3600 ? 3600000 : (int)(t * 1000));
     return PyBool_FromLong(was_alive);
 }
 

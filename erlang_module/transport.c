@@ -422,7 +422,7 @@ header_ok(const char *h)
 }
 
 /* Splits the complete frames at the start of buf[0..len) into new frames
- * appended to *list/*tail (count added to *nframes).  Returns the bytes
+ * appended to the list (*list, *tail; count added to *nframes).  Returns the bytes
  * consumed, or -1 on a protocol error (bad length or header; out of memory).
  * *need is set to the whole size (4 + Len) of an incomplete frame left at the
  * end once its header has been checked, else 0.  Pure: no I/O, no locks. */
@@ -764,6 +764,7 @@ erpy_bridge_start(char *const argv[], char *const envp[], int *err)
     }
     b->rbuf = malloc(RBUF_SIZE);
     b->rcap = RBUF_SIZE;
+    b->refs = 1;   /* the current-bridge slot's */
     b->exit_status = -1;
     b->bg_pipe[0] = b->bg_pipe[1] = -1;
     if (b->rbuf == NULL) {
@@ -838,7 +839,7 @@ erpy_bridge_kill(erpy_bridge *b)
         kill(b->pid, SIGKILL);
 }
 
-void
+int
 erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
 {
     pthread_mutex_lock(&b->lock);
@@ -894,10 +895,27 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
         b->big = NULL;
     }
     pthread_mutex_unlock(&b->lock);
+    int was_current = 0;
     pthread_mutex_lock(&current_lock);
-    if (current == b)
+    if (current == b) {
         __atomic_store_n(&current, NULL, __ATOMIC_RELEASE);
+        was_current = 1;
+    }
     pthread_mutex_unlock(&current_lock);
+    return was_current;
+}
+
+void
+erpy_bridge_free(erpy_bridge *b)
+{
+    erpy_frames_free(b->hello);
+    erpy_frames_free(b->big);
+    free(b->rbuf);
+    pthread_mutex_destroy(&b->wlock);
+    pthread_mutex_destroy(&b->lock);
+    pthread_mutex_destroy(&b->tail_lock);
+    pthread_cond_destroy(&b->cond);
+    free(b);
 }
 
 int

@@ -66,7 +66,8 @@ typedef struct erpy_bridge {
     erpy_frame *hello;
     int stopping;
     int ready;                    /* start-up (modules, on_start) finished */
-    int closed;                   /* descriptors closed by erpy_bridge_stop */
+    int closed;                   /* descriptors closed, threads gone: freeable */
+    long refs;                    /* module.c's references; only touched with the GIL */
     /* The reader's buffers belong to the current leader (handed over under lock). */
     char *rbuf;
     size_t rcap, rstart, rend;
@@ -102,7 +103,8 @@ erpy_worker *erpy_worker_get(void);
  * current one), or NULL with *err set to an errno value. */
 erpy_bridge *erpy_bridge_start(char *const argv[], char *const envp[], int *err);
 
-/* The current bridge (never freed), or NULL. */
+/* The current bridge, or NULL (valid while the GIL is held: module.c frees
+ * bridges only with the GIL, once closed and unreferenced). */
 erpy_bridge *erpy_bridge_current(void);
 
 /* Waits until the helper's HELLO arrived (1), it died (0), or timeout_ms
@@ -110,14 +112,22 @@ erpy_bridge *erpy_bridge_current(void);
 int erpy_bridge_wait_hello(erpy_bridge *b, int slice_ms);
 
 /* Closes the helper's stdin; the helper halts.  Waits up to timeout_ms for it
- * to exit, then kills it.  Returns when dead. */
-void erpy_bridge_stop(erpy_bridge *b, int timeout_ms);
+ * to exit, then kills it.  Returns when dead: 1 if this call made b stop
+ * being the current bridge, else 0. */
+int erpy_bridge_stop(erpy_bridge *b, int timeout_ms);
+
+/* Frees a bridge that erpy_bridge_stop closed and nobody references. */
+void erpy_bridge_free(erpy_bridge *b);
 
 /* Kills the helper (SIGKILL) without waiting. */
 void erpy_bridge_kill(erpy_bridge *b);
 
 /* Copies the stderr tail into dst (NUL-terminated), returns its length. */
 size_t erpy_bridge_stderr_tail(erpy_bridge *b, char *dst, size_t cap);
+
+/* Writes buf (a complete frame) to the helper.  Returns 0 or an errno value
+ * (EPIPE when the helper is gone). */
+int erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len);
 
 /* Results of erpy_call and erpy_wait. */
 enum {
