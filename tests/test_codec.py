@@ -1166,3 +1166,36 @@ def test_erl_compressed_term_decodes(erl_results):
     assert b2t(compressed) == [Atom("hello")] * 100
     with pytest.raises(ValueError, match="malformed"):
         b2t(compressed[:-3])
+
+
+def test_deep_nesting_in_a_small_thread_stack_raises_recursion_error_not_a_crash():
+    # Found by the fuzzer: with the recursion limit raised, a depth count
+    # alone let the decoder overflow the C stack (frames are much larger in
+    # sanitizer builds, and threads may have small stacks).  The codec checks
+    # the stack actually left, so this raises RecursionError in a 256 KiB
+    # thread, in both directions, and the interpreter survives.
+    code = r"""
+import sys, threading, erlang
+sys.setrecursionlimit(100000)
+threading.stack_size(256 * 1024)
+depth = 20000
+deep_etf = b"\x83" + b"h\x01" * depth + b"j"
+nested = []
+for _ in range(depth):
+    nested = [nested]
+out = {}
+def work():
+    for name, fn, arg in (("decode", erlang.binary_to_term, deep_etf),
+                          ("encode", erlang.term_to_binary, nested)):
+        try:
+            fn(arg)
+            out[name] = "no error"
+        except RecursionError as e:
+            out[name] = "RecursionError"
+t = threading.Thread(target=work)
+t.start(); t.join()
+print(out["decode"], out["encode"])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["RecursionError", "RecursionError"]
