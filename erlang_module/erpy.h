@@ -92,10 +92,12 @@ void erpy_stack_init(void);
 static inline int
 erpy_stack_check(const char *what)
 {
-    char here;
+    /* The frame address, not a local's: under ASan a local may live on a
+     * "fake stack" on the heap, which says nothing about the real one. */
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
     if (__builtin_expect(erpy_stack_limit == 0, 0))
         erpy_stack_init();
-    if (__builtin_expect((uintptr_t)&here < erpy_stack_limit, 0)) {
+    if (__builtin_expect(here < erpy_stack_limit, 0)) {
         PyErr_Format(PyExc_RecursionError,
                      "nesting too deep for the C stack while %s an Erlang term", what);
         return -1;

@@ -25,13 +25,12 @@ erpy_stack_init(void)
     pthread_attr_t a;
     void *lo = NULL;
     size_t size = 0;
-    char here;
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
     if (pthread_getattr_np(pthread_self(), &a) == 0) {
         pthread_attr_getstack(&a, &lo, &size);
         pthread_attr_destroy(&a);
     }
-    if (lo == NULL || size == 0 || (uintptr_t)&here < (uintptr_t)lo ||
-        (uintptr_t)&here > (uintptr_t)lo + size) {
+    if (lo == NULL || size == 0 || here < (uintptr_t)lo || here > (uintptr_t)lo + size) {
         erpy_stack_limit = 1;   /* unknown: rely on the depth cap alone */
         return;
     }
