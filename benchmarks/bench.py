@@ -436,7 +436,7 @@ def section_codec(cfg, side_dir):
     log("== codec: erlang vs erlpack vs erlang_py, %d rounds" % cfg["codec_rounds"])
     if side_dir:
         os.environ["ERLANG_PY_DIR"] = side_dir
-    import bench_codec_quick as bcq   # the colleague's adapters, reused
+    import bench_codec_quick as bcq   # its library adapters, reused
 
     libs = {name: (enc, dec, conv) for name, enc, dec, conv in bcq.libraries()}
     data = {"call args ('echo', [42])": ("echo", [ARG])}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Memory-safety runs of the test suite (issue: "Memory safety").
+# Memory-safety runs of the test suite (README: Failure behaviour, item 13).
 #
 #   bash ci/sanitize.sh asan       build with ASan+UBSan (ERLANG_SANITIZE) into
 #                                  its own venv and run the whole default suite
