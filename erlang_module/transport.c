@@ -276,13 +276,15 @@ erpy_bridge_current(void)
     return __atomic_load_n(&current, __ATOMIC_ACQUIRE);
 }
 
-/* Wakes one waiting worker other than `except` so that it takes the
- * leader's role.  Lock held. */
+/* Wakes one waiting worker other than `except` that still needs a reply, so
+ * that it takes the leader's role.  A worker whose reply is already in its
+ * inbox is about to leave and would not lead: waking it instead would leave
+ * the others with no reader.  Lock held; b->leader is NULL. */
 static void
 promote(erpy_bridge *b, erpy_worker *except)
 {
     for (erpy_worker *x = b->waiting; x; x = x->wnext) {
-        if (x != except) {
+        if (x != except && !x->has_reply) {
             wake_fd(x->pipe_w);
             return;
         }
@@ -1023,9 +1025,10 @@ wait_locked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice
             }
         }
     }
-    if (b->leader == w) {
+    if (b->leader == w || b->leader == NULL) {
         /* Going back to Python (to print, decode or check signals): let
-         * someone else read meanwhile. */
+         * someone else read meanwhile.  Also when nobody leads: this worker
+         * may have been the one woken to take over. */
         b->leader = NULL;
         promote(b, w);
     }
