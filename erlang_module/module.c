@@ -335,16 +335,26 @@ live_bridge(module_state *st)
     return b;
 }
 
+/* Writes v big-endian at p (frame lengths, worker ids, sequence numbers). */
+static inline void
+put_be32(char *p, uint32_t v)
+{
+    p[0] = (char)(v >> 24);
+    p[1] = (char)(v >> 16);
+    p[2] = (char)(v >> 8);
+    p[3] = (char)v;
+}
+
 /* Sends CANCEL for (w, seq) so the helper kills the handler still running it. */
 static void
 send_cancel(erpy_bridge *b, erpy_worker *w, uint32_t seq)
 {
     char f[4 + ERPY_HEADER_SIZE + 2];
     uint32_t blen = ERPY_HEADER_SIZE + 2;
-    f[0] = (char)(blen >> 24); f[1] = (char)(blen >> 16); f[2] = (char)(blen >> 8); f[3] = (char)blen;
+    put_be32(f, blen);
     f[4] = ERPY_K_CANCEL;
-    f[5] = (char)(w->id >> 24); f[6] = (char)(w->id >> 16); f[7] = (char)(w->id >> 8); f[8] = (char)w->id;
-    f[9] = (char)(seq >> 24); f[10] = (char)(seq >> 16); f[11] = (char)(seq >> 8); f[12] = (char)seq;
+    put_be32(f + 5, w->id);
+    put_be32(f + 9, seq);
     f[13] = (char)131;
     f[14] = 106;   /* NIL_EXT: [] */
     Py_BEGIN_ALLOW_THREADS
@@ -456,9 +466,9 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
         seq = ++w->seq;
     char *d = w->out.data;
     uint32_t blen = (uint32_t)(w->out.len - 4);
-    d[0] = (char)(blen >> 24); d[1] = (char)(blen >> 16); d[2] = (char)(blen >> 8); d[3] = (char)blen;
-    d[5] = (char)(w->id >> 24); d[6] = (char)(w->id >> 16); d[7] = (char)(w->id >> 8); d[8] = (char)w->id;
-    d[9] = (char)(seq >> 24); d[10] = (char)(seq >> 16); d[11] = (char)(seq >> 8); d[12] = (char)seq;
+    put_be32(d, blen);
+    put_be32(d + 5, w->id);
+    put_be32(d + 9, seq);
     int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : OTHER_SLICE_MS;
     erpy_frame *f;
     int r;
@@ -621,8 +631,7 @@ call_impl(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *const *arg
             return NULL;
         char *d = w->out.data + w->out.len;
         d[0] = 108;  /* LIST_EXT */
-        d[1] = (char)((uint32_t)n >> 24); d[2] = (char)((uint32_t)n >> 16);
-        d[3] = (char)((uint32_t)n >> 8); d[4] = (char)n;
+        put_be32(d + 1, (uint32_t)n);
         w->out.len += 5;
         for (Py_ssize_t i = 1; i < nargs; i++)
             if (erpy_encode(&st->codec, &w->out, args[i]) < 0)

@@ -50,6 +50,20 @@ erpy_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* The CLOCK_REALTIME time ms milliseconds from now, for
+ * pthread_cond_timedwait. */
+static struct timespec
+abs_time_ms(int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec +
+                  (uint64_t)ms * 1000000ULL;
+    ts.tv_sec = (time_t)(ns / 1000000000ULL);
+    ts.tv_nsec = (long)(ns % 1000000000ULL);
+    return ts;
+}
+
 static void
 wake_fd(int fd)
 {
@@ -228,14 +242,7 @@ output_push(erpy_frame *f)
 erpy_frame *
 erpy_output_next(int timeout_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = abs_time_ms(timeout_ms);
     pthread_mutex_lock(&out_lock);
     unsigned wakes = out_wakes;
     while (out_head == NULL && wakes == out_wakes) {
@@ -309,10 +316,10 @@ deregister(erpy_bridge *b, erpy_worker *w)
     w->has_reply = 0;
     b->n_waiting--;
     b->last_activity_ns = erpy_now_ns();
-    if (b->leader == w) {
+    /* Stepping down only; whoever leaves the wait promotes a successor
+     * (wait_locked's exit, erpy_wait_abandon), so it happens once. */
+    if (b->leader == w)
         b->leader = NULL;
-        promote(b, w);
-    }
 }
 
 /* Marks the bridge dead and wakes everyone who waits on it.  Lock held. */
@@ -818,12 +825,7 @@ fail:
 int
 erpy_bridge_wait_hello(erpy_bridge *b, int slice_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t abs_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec +
-                      (uint64_t)slice_ms * 1000000ULL;
-    ts.tv_sec = (time_t)(abs_ns / 1000000000ULL);
-    ts.tv_nsec = (long)(abs_ns % 1000000000ULL);
+    struct timespec ts = abs_time_ms(slice_ms);
     pthread_mutex_lock(&b->lock);
     while (b->hello == NULL && !b->dead) {
         if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
@@ -855,12 +857,7 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
     pthread_mutex_unlock(&b->wlock);
     pthread_mutex_lock(&b->lock);
     wake_fd(b->bg_pipe[1]);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t abs_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec +
-                      (uint64_t)timeout_ms * 1000000ULL;
-    ts.tv_sec = (time_t)(abs_ns / 1000000000ULL);
-    ts.tv_nsec = (long)(abs_ns % 1000000000ULL);
+    struct timespec ts = abs_time_ms(timeout_ms);
     while (!b->dead) {
         if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
             break;
@@ -869,16 +866,14 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
         /* Did not halt in time (or nobody reads its stdout): kill it; the
          * reader then sees EOF and reaps it. */
         erpy_bridge_kill(b);
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 2;
+        ts = abs_time_ms(2000);
         while (!b->dead) {
             if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
                 break;
         }
     }
     /* Let the threads finish so that nothing of ours still runs after stop. */
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1;
+    ts = abs_time_ms(1000);
     while (b->threads_running > 0) {
         if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
             break;
@@ -1092,6 +1087,8 @@ erpy_wait_abandon(erpy_bridge *b, erpy_worker *w)
 {
     pthread_mutex_lock(&b->lock);
     deregister(b, w);
+    if (b->leader == NULL)
+        promote(b, w);
     erpy_frame *f = w->inbox;
     w->inbox = w->inbox_tail = NULL;
     pthread_mutex_unlock(&b->lock);
