@@ -54,7 +54,8 @@ typedef struct {
 } module_state;
 
 #define MAIN_SLICE_MS 50      /* Ctrl-C latency bound for a waiting main thread */
-#define OTHER_SLICE_MS 1000   /* a safety net only: waiters are woken explicitly */
+#define OTHER_SLICE_MS 1000   /* start-up waits of other threads */
+#define NO_SLICE (-1)         /* calls in other threads: waiters are woken explicitly */
 
 static struct PyModuleDef erpy_moduledef;
 
@@ -469,7 +470,7 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
     put_be32(d, blen);
     put_be32(d + 5, w->id);
     put_be32(d + 9, seq);
-    int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : OTHER_SLICE_MS;
+    int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : NO_SLICE;
     erpy_frame *f;
     int r;
     /* One GIL release for sending and the first wait: under contention every

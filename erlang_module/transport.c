@@ -131,15 +131,42 @@ worker_by_id(uint32_t id)
     return &chunks[i >> CHUNK_BITS][i & (CHUNK_SIZE - 1)];
 }
 
+/* The read end blocks (only the worker's own thread reads it, and a wait
+ * without a time limit is then one read()); the write end does not (the
+ * leader never blocks on a worker). */
 static int
 worker_make_pipe(erpy_worker *w)
 {
     int p[2];
-    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+    if (pipe2(p, O_CLOEXEC) < 0)
         return -1;
+    if (fcntl(p[1], F_SETFL, O_NONBLOCK) < 0) {
+        close(p[0]);
+        close(p[1]);
+        return -1;
+    }
     w->pipe_r = p[0];
     w->pipe_w = p[1];
     return 0;
+}
+
+/* Sleeps on w's wake-up pipe for up to ms milliseconds (ms < 0: until
+ * woken) and consumes what was written.  Returns > 0 when woken, 0 on
+ * timeout, -1 with errno (EINTR).  A wake-up may be stale (meant for an
+ * earlier wait): callers check their state. */
+static int
+worker_sleep(erpy_worker *w, int ms)
+{
+    char junk[256];
+    if (ms >= 0) {
+        struct pollfd pf = {w->pipe_r, POLLIN, 0};
+        int r = poll(&pf, 1, ms);
+        if (r <= 0)
+            return r;
+        /* Readable, and nobody else reads it: this read does not block. */
+    }
+    ssize_t n = read(w->pipe_r, junk, sizeof junk);
+    return n > 0 ? 1 : n == 0 ? 0 : -1;
 }
 
 /* pthread key destructor: the thread is exiting, its worker goes back to the
@@ -689,6 +716,8 @@ bg_main(void *arg)
             }
             continue;
         }
+        if (b->leader == NULL && b->n_waiting > 0)
+            wake_fd(promote(b, NULL));   /* a safety net: whoever leaves promotes */
         int ms = 200;
         if (b->n_waiting == 0 && idle < BG_IDLE_NS)
             ms = (int)((BG_IDLE_NS - idle) / 1000000ULL) + 1;
@@ -968,6 +997,24 @@ register_locked(erpy_bridge *b, erpy_worker *w, uint32_t seq)
     b->last_activity_ns = erpy_now_ns();
 }
 
+/* The end of a slice of slice_ms from now; no end when slice_ms < 0. */
+static uint64_t
+slice_end_of(int slice_ms)
+{
+    return slice_ms < 0 ? UINT64_MAX : erpy_now_ns() + (uint64_t)slice_ms * 1000000ULL;
+}
+
+/* Milliseconds from now until `until` (rounded up), for poll(); -1 (no
+ * limit) when until is UINT64_MAX. */
+static int
+ms_until(uint64_t until, uint64_t now)
+{
+    if (until == UINT64_MAX)
+        return -1;
+    uint64_t ms = (until - now + 999999ULL) / 1000000ULL;
+    return ms > INT32_MAX ? INT32_MAX : (int)ms;
+}
+
 /* The waiting loop; lock held on entry and exit.  *frames gets w's inbox
  * when the result is ERPY_W_REPLY or ERPY_W_OUTPUT.  *wake is set to the
  * wake-up fd of a successor to the leader's role (or -1), for the caller to
@@ -1007,7 +1054,7 @@ wait_locked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice
         uint64_t until = slice_end;
         if (deadline_ns && deadline_ns < until)
             until = deadline_ns;
-        int ms = (int)((until - now + 999999ULL) / 1000000ULL);
+        int ms = ms_until(until, now);
         if (b->leader == NULL)
             b->leader = w;
         else if (b->leader == ERPY_BG)
@@ -1022,11 +1069,8 @@ wait_locked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice
             }
         } else {
             pthread_mutex_unlock(&b->lock);
-            struct pollfd pf = {w->pipe_r, POLLIN, 0};
-            int r = poll(&pf, 1, ms);
+            int r = worker_sleep(w, ms);
             int e = errno;
-            if (r > 0)
-                drain_fd(w->pipe_r);
             pthread_mutex_lock(&b->lock);
             if (r < 0 && e == EINTR && !w->has_reply && !w->inbox) {
                 result = ERPY_W_SLICE;
@@ -1052,7 +1096,7 @@ int
 erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t len,
           uint64_t deadline_ns, int slice_ms, erpy_frame **frames)
 {
-    uint64_t slice_end = erpy_now_ns() + (uint64_t)slice_ms * 1000000ULL;
+    uint64_t slice_end = slice_end_of(slice_ms);
     *frames = NULL;
     pthread_mutex_lock(&b->lock);
     if (b->dead) {
@@ -1077,7 +1121,7 @@ erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t 
         uint64_t now = erpy_now_ns();
         uint64_t until = deadline_ns && deadline_ns < slice_end ? deadline_ns : slice_end;
         if (now < until)
-            (void)lead_once(b, w, (int)((until - now + 999999ULL) / 1000000ULL), -1);
+            (void)lead_once(b, w, ms_until(until, now), -1);
     }
     int wake;
     pthread_mutex_lock(&b->lock);
@@ -1091,7 +1135,7 @@ int
 erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms,
           erpy_frame **frames)
 {
-    uint64_t slice_end = erpy_now_ns() + (uint64_t)slice_ms * 1000000ULL;
+    uint64_t slice_end = slice_end_of(slice_ms);
     int wake;
     pthread_mutex_lock(&b->lock);
     int r = wait_locked(b, w, deadline_ns, slice_end, frames, &wake);
@@ -1113,7 +1157,9 @@ erpy_wait_abandon(erpy_bridge *b, erpy_worker *w)
     pthread_mutex_unlock(&b->lock);
     wake_fd(wake);
     erpy_frames_free(f);
-    drain_fd(w->pipe_r);
+    /* A wake-up byte may be left over (or still come from a leader that
+     * dispatched before the deregistration): harmless, the next wait sees
+     * a stale wake-up and checks again. */
 }
 
 /* ------------------------------------------------------------------- fork */

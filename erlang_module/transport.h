@@ -141,7 +141,8 @@ enum {
 
 /* Registers w as waiting for (b, seq), writes the request frame buf (header
  * included), and waits as erpy_wait does.  deadline_ns: CLOCK_MONOTONIC, 0
- * for none.  Returns after at most about slice_ms. */
+ * for none.  Returns after at most about slice_ms (< 0: no slice; a wait
+ * without deadline then sleeps until something happens). */
 int erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t len,
               uint64_t deadline_ns, int slice_ms, erpy_frame **frames);
 
