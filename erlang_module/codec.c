@@ -938,6 +938,44 @@ enc_term(erpy_enc *e, PyObject *obj)
     return enc_other(e, obj);
 }
 
+PyObject *
+erpy_term_to_binary_big(PyObject *obj, int *handled)
+{
+    const char *data;
+    Py_ssize_t n;
+    *handled = 0;
+    if (PyBytes_CheckExact(obj)) {
+        data = PyBytes_AS_STRING(obj);
+        n = PyBytes_GET_SIZE(obj);
+    } else if (PyByteArray_CheckExact(obj)) {
+        data = PyByteArray_AS_STRING(obj);
+        n = PyByteArray_GET_SIZE(obj);
+    } else if (PyUnicode_CheckExact(obj) && PyUnicode_GET_LENGTH(obj) >= ERPY_BIG_BINARY) {
+        data = PyUnicode_AsUTF8AndSize(obj, &n);
+        if (data == NULL) {
+            PyErr_Clear();   /* lone surrogates: erpy_encode reports them */
+            return NULL;
+        }
+    } else {
+        return NULL;
+    }
+    if (n < ERPY_BIG_BINARY || (size_t)n > ERPY_EI_MAX - 16)
+        return NULL;   /* small: the scratch buffer is faster; huge: erpy_encode raises */
+    *handled = 1;
+    PyObject *res = PyBytes_FromStringAndSize(NULL, 6 + n);
+    if (res == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(res);
+    w[0] = (char)131;
+    int i = 1;
+    if (ei_encode_binary(w, &i, data, (long)n) < 0 || i != 6 + n) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_SystemError, "ei_encode_binary failed");
+        return NULL;
+    }
+    return res;
+}
+
 int
 erpy_encode(erpy_codec *c, erpy_buf *b, PyObject *obj)
 {

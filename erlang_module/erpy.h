@@ -67,6 +67,14 @@ typedef struct {
  * deeper than the recursion limit (or ERPY_MAX_DEPTH, whichever is lower). */
 int erpy_encode(erpy_codec *c, erpy_buf *b, PyObject *obj);
 
+/* term_to_binary of a large binary (exact bytes, bytearray or str of at
+ * least ERPY_BIG_BINARY bytes), written straight into the result: one copy
+ * of the data instead of two (into a buffer, then into the bytes object).
+ * *handled is 0 when obj is not such a binary (NULL returned, no exception:
+ * use erpy_encode); else the result, or NULL with an exception set. */
+#define ERPY_BIG_BINARY (64 * 1024)
+PyObject *erpy_term_to_binary_big(PyObject *obj, int *handled);
+
 /* Decodes one term starting at buf[*index] (after any version byte), never
  * reading outside buf[0..len).  Advances *index past the term.  Returns a new
  * reference, or NULL with an exception set: ValueError("malformed ...") for

@@ -113,6 +113,10 @@ m_term_to_binary(PyObject *module, PyObject *obj)
     module_state *st = get_state(module);
     if (!codec_ready(st))
         return NULL;
+    int handled;
+    PyObject *big = erpy_term_to_binary_big(obj, &handled);
+    if (handled)
+        return big;
     erpy_buf local = {0};
     erpy_buf *b = scratch_busy ? &local : &scratch;
     PyObject *res = NULL;

@@ -1199,3 +1199,34 @@ print(out["decode"], out["encode"])
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["RecursionError", "RecursionError"]
+
+
+# --- large binaries at the top level are written straight into the result
+
+@pytest.mark.parametrize("size", [64 * 1024 - 1, 64 * 1024, 1_000_003])
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "str", "non-ascii str"])
+def test_large_top_level_binary_encodes_as_inside_a_term(kind, size):
+    raw = os.urandom(size)
+    value = {"bytes": raw, "bytearray": bytearray(raw), "str": "a" * size,
+             "non-ascii str": ("é" * size)[: size // 2]}[kind]
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    top = erlang.term_to_binary(value)
+    # The same bytes as the general path gives it inside a tuple.
+    inner = erlang.term_to_binary((value,))
+    assert top == b"\x83m" + struct.pack(">I", len(data)) + data
+    assert inner[:3] == b"\x83h\x01" and inner[3:] == top[1:]
+    back = erlang.binary_to_term(top, binaries="bytes")
+    assert back == data
+
+
+def test_large_str_with_lone_surrogate_still_raises_unicode_encode_error():
+    with pytest.raises(UnicodeEncodeError):
+        erlang.term_to_binary("a" * 100_000 + "\ud800")
+
+
+def test_large_binary_subclass_takes_the_general_path_with_the_same_bytes():
+    class B(bytes):
+        pass
+
+    raw = os.urandom(200_000)
+    assert erlang.term_to_binary(B(raw)) == erlang.term_to_binary(raw)
