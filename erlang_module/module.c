@@ -862,6 +862,14 @@ m_helper_pid(PyObject *module, PyObject *unused)
     return PyLong_FromLong((long)b->pid);
 }
 
+/* _stall_rescues() -> int: times waiting threads were found without a
+ * reader and rescued by the background thread (for tests: always 0). */
+static PyObject *
+m_stall_rescues(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(erpy_stall_rescues());
+}
+
 /* _next_output(timeout) -> (kind, bytes) | None: helper output not tied to a
  * waiting call (kind 19, an ETF payload) or raw helper stderr (kind 255). */
 static PyObject *
@@ -936,6 +944,7 @@ static PyMethodDef erpy_methods[] = {
     {"_set_ready", m_set_ready, METH_NOARGS, "_set_ready()"},
     {"is_running", m_is_running, METH_NOARGS, "is_running() -> bool: is a helper up"},
     {"_helper_pid", m_helper_pid, METH_NOARGS, "_helper_pid() -> int | None"},
+    {"_stall_rescues", m_stall_rescues, METH_NOARGS, "_stall_rescues() -> int"},
     {"_next_output", m_next_output, METH_O, "_next_output(timeout) -> (kind, bytes) | None"},
     {"_parse_frames", m_parse_frames, METH_O, "_parse_frames(data) -> [(kind, worker, seq, payload)]"},
     {"_wake_output", m_wake_output, METH_NOARGS, "_wake_output()"},

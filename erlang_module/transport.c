@@ -35,6 +35,7 @@
 #define RBUF_SIZE (256 * 1024)
 #define MAX_FRAME ((size_t)INT32_MAX)
 #define BG_IDLE_NS (5 * 1000000ULL)      /* bg thread leads after 5 ms without callers */
+#define STALL_NS (50 * 1000000ULL)      /* waiters without a leader this long: rescued */
 #define OUTPUT_QUEUE_MAX (8u << 20)     /* bytes of unclaimed output kept at most */
 #define CHUNK_BITS 8
 #define CHUNK_SIZE (1u << CHUNK_BITS)
@@ -693,6 +694,14 @@ lead_once(erpy_bridge *b, erpy_worker *self, int timeout_ms, int extra_fd)
 
 /* ----------------------------------------------------------- bg + stderr */
 
+static uint64_t stall_rescues;
+
+uint64_t
+erpy_stall_rescues(void)
+{
+    return __atomic_load_n(&stall_rescues, __ATOMIC_RELAXED);
+}
+
 static void *
 bg_main(void *arg)
 {
@@ -716,8 +725,16 @@ bg_main(void *arg)
             }
             continue;
         }
-        if (b->leader == NULL && b->n_waiting > 0)
-            wake_fd(promote(b, NULL));   /* a safety net: whoever leaves promotes */
+        if (b->leader == NULL && b->n_waiting > 0 && idle >= STALL_NS) {
+            /* A safety net: whoever leaves the leader's role promotes a
+             * successor, so waiters should never be left without one.
+             * Counted, so that tests can tell that it never had to act. */
+            int fd = promote(b, NULL);
+            if (fd >= 0) {
+                __atomic_fetch_add(&stall_rescues, 1, __ATOMIC_RELAXED);
+                wake_fd(fd);
+            }
+        }
         int ms = 200;
         if (b->n_waiting == 0 && idle < BG_IDLE_NS)
             ms = (int)((BG_IDLE_NS - idle) / 1000000ULL) + 1;

@@ -163,6 +163,10 @@ void erpy_output_wake(void);
 
 uint64_t erpy_now_ns(void);
 
+/* How many times the background thread found waiting threads without a
+ * leader for 50 ms and promoted one (a safety net; 0 unless there is a bug). */
+uint64_t erpy_stall_rescues(void);
+
 /* The reader's frame splitting on a buffer (for tests and fuzzing): returns
  * the bytes consumed with the complete frames in *list, or -1 on a protocol
  * error.  Worker ids above the number of workers ever made are errors. */

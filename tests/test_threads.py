@@ -284,9 +284,11 @@ def test_one_off_concurrent_calls_never_wait_for_a_reader():
     # When the thread reading the channel got its own reply together with
     # another thread's, it used to hand the reader's role to that other
     # thread, which was about to leave: the remaining waiters then had no
-    # reader until their 1 s safety poll (measured: 0.91 s extra on a 30 ms
-    # call).  Every call here must finish close to its own sleep.
+    # reader until a safety poll (measured: 0.91 s extra on a 30 ms call).
+    # Every call here must finish close to its own sleep, and the background
+    # thread's safety net (it counts its rescues) must never have acted.
     erlang.eval("py:register_function(sleep_echo_t, fun([Ms, X]) -> timer:sleep(Ms), X end).")
+    rescues = erlang._erlang._stall_rescues()
     worst = 0.0
     for _ in range(30):
         delays = [30, 30, 30, 30, 90]
@@ -307,3 +309,57 @@ def test_one_off_concurrent_calls_never_wait_for_a_reader():
         worst = max(worst, max(extra))
     print("worst extra latency: %.3f s" % worst)
     assert worst < 0.5
+    assert erlang._erlang._stall_rescues() == rescues
+
+
+def test_the_leader_hands_its_role_on_when_its_own_call_ends_first():
+    # Thread a calls first and reads the channel; b calls a moment later and
+    # sleeps on its pipe.  a's reply comes first: a must wake b to read on
+    # before it leaves.  If it did not, b would wait for the background
+    # thread's safety net (50 ms without a reader), which counts its rescues.
+    erlang.eval("py:register_function(sleep_echo_l, fun([Ms, X]) -> timer:sleep(Ms), X end).")
+    rescues = erlang._erlang._stall_rescues()
+    for _ in range(5):
+        res = {}
+
+        def work(ms, key):
+            res[key] = erlang.call("sleep_echo_l", ms, key)
+
+        a = threading.Thread(target=work, args=(30, "a"))
+        b = threading.Thread(target=work, args=(90, "b"))
+        a.start()
+        time.sleep(0.005)
+        b.start()
+        a.join(timeout=60)
+        b.join(timeout=60)
+        assert res == {"a": "a", "b": "b"}
+    assert erlang._erlang._stall_rescues() == rescues
+
+
+def test_waiters_always_have_a_reader_while_other_calls_time_out():
+    # Threads with no timeout sleep in a blocking read of their pipe and rely
+    # on whoever leaves the reader's role to hand it on; threads whose calls
+    # time out leave it at any moment, leading or not.  Every call that
+    # waits gets its own value, every one that times out raises, and the
+    # background thread never has to rescue waiters left without a reader.
+    erlang.eval("py:register_function(sleep_echo_w, fun([Ms, X]) -> timer:sleep(Ms), X end).")
+    rescues = erlang._erlang._stall_rescues()
+
+    def work(i):
+        out = []
+        for k in range(20):
+            if i % 2:
+                try:
+                    erlang.call("sleep_echo_w", 30, (i, k), timeout=0.01)
+                    out.append("returned")
+                except erlang.CallTimeout:
+                    out.append("timeout")
+            else:
+                out.append(erlang.call("sleep_echo_w", 5 + 5 * (k % 3), (i, k)))
+        return out
+
+    results = run_at_barrier(8, work)
+    for i, r in enumerate(results):
+        assert r == (["timeout"] * 20 if i % 2 else [(i, k) for k in range(20)]), i
+    assert erlang.call("sleep_echo_w", 0, "after") == "after"
+    assert erlang._erlang._stall_rescues() == rescues
