@@ -244,27 +244,12 @@ enc_reserve(erpy_buf *b, size_t n)
     return erpy_buf_reserve(b, n);
 }
 
-static inline void
-put32be(unsigned char *w, uint32_t v)
-{
-    w[0] = (unsigned char)(v >> 24);
-    w[1] = (unsigned char)(v >> 16);
-    w[2] = (unsigned char)(v >> 8);
-    w[3] = (unsigned char)v;
-}
-
 static inline uint32_t
 get16be(const unsigned char *p)
 {
     return ((uint32_t)p[0] << 8) | p[1];
 }
 
-static inline uint32_t
-get32be(const unsigned char *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-           ((uint32_t)p[2] << 8) | p[3];
-}
 
 /* ================================================================ encoding */
 
@@ -387,7 +372,7 @@ enc_longlong(erpy_buf *b, long long v)
         /* term_to_binary's INTEGER_EXT where ei would write a SMALL_BIG_EXT
          * (see the top comment). */
         w[0] = (char)T_INTEGER;
-        put32be((unsigned char *)w + 1, (uint32_t)(int32_t)v);
+        erpy_put_be32((unsigned char *)w + 1, (uint32_t)(int32_t)v);
         b->len += 5;
         return 0;
     }
@@ -1113,11 +1098,11 @@ skip_term(erpy_skipper *s)
             break;
         case T_BINARY:
             NEED(5);
-            n = 5 + (size_t)get32be(p + 1);
+            n = 5 + (size_t)erpy_get_be32(p + 1);
             break;
         case T_BIT_BINARY:
             NEED(6);
-            n = 6 + (size_t)get32be(p + 1);
+            n = 6 + (size_t)erpy_get_be32(p + 1);
             break;
         case T_SMALL_BIG:
             NEED(3);
@@ -1125,7 +1110,7 @@ skip_term(erpy_skipper *s)
             break;
         case T_LARGE_BIG:
             NEED(6);
-            n = 6 + (size_t)get32be(p + 1);
+            n = 6 + (size_t)erpy_get_be32(p + 1);
             break;
         case T_SMALL_TUPLE:
             NEED(2);
@@ -1135,19 +1120,19 @@ skip_term(erpy_skipper *s)
         case T_LARGE_TUPLE:
             NEED(5);
             s->p += 5;
-            rc = skip_n(s, get32be(p + 1));
+            rc = skip_n(s, erpy_get_be32(p + 1));
             goto done;
         case T_MAP:
             NEED(5);
             s->p += 5;
-            if (skip_n(s, get32be(p + 1)) < 0 || skip_n(s, get32be(p + 1)) < 0)
+            if (skip_n(s, erpy_get_be32(p + 1)) < 0 || skip_n(s, erpy_get_be32(p + 1)) < 0)
                 goto done;
             rc = 0;
             goto done;
         case T_LIST:
             NEED(5);
             s->p += 5;
-            if (skip_n(s, get32be(p + 1)) < 0)
+            if (skip_n(s, erpy_get_be32(p + 1)) < 0)
                 goto done;
             if (s->depth >= ERPY_MAX_DEPTH) {
                 skip_too_deep();
@@ -1205,8 +1190,8 @@ skip_term(erpy_skipper *s)
             /* Size(4) Arity(1) Uniq(16) Index(4) NumFree(4) Module OldIndex
              * OldUniq Pid FreeVars...; Size counts itself and what follows. */
             NEED(30);
-            size_t size = get32be(p + 1);
-            uint32_t nfree = get32be(p + 26);
+            size_t size = erpy_get_be32(p + 1);
+            uint32_t nfree = erpy_get_be32(p + 26);
             s->p += 30;
             if (skip_atom(s) < 0 || skip_integer(s) < 0 || skip_integer(s) < 0 ||
                 skip_pid(s) < 0 || skip_n(s, nfree) < 0)
@@ -1221,7 +1206,7 @@ skip_term(erpy_skipper *s)
         case T_FUN: {
             /* NumFree(4) Pid Module Index Uniq FreeVars... */
             NEED(5);
-            uint32_t nfree = get32be(p + 1);
+            uint32_t nfree = erpy_get_be32(p + 1);
             s->p += 5;
             if (skip_pid(s) < 0 || skip_atom(s) < 0 || skip_integer(s) < 0 ||
                 skip_integer(s) < 0 || skip_n(s, nfree) < 0)
@@ -1717,7 +1702,7 @@ dec_list(erpy_dec *d)
             dec_malformed(d, at, "truncated");
             goto error;
         }
-        size_t n = get32be(at + 1);
+        size_t n = erpy_get_be32(at + 1);
         if (n >= DEC_LEFT(d) - 5) {   /* n elements and a tail: n + 1 bytes at least */
             dec_malformed(d, at, "list length exceeds the input");
             goto error;
@@ -1801,7 +1786,7 @@ ERPY_NOINLINE static PyObject *
 dec_tuple(erpy_dec *d, size_t hdr)
 {
     const unsigned char *at = d->p;
-    size_t n = hdr == 2 ? at[1] : get32be(at + 1);
+    size_t n = hdr == 2 ? at[1] : erpy_get_be32(at + 1);
     if (n > DEC_LEFT(d) - hdr)
         return dec_malformed(d, at, "tuple arity exceeds the input");
     if (n > ERPY_EI_MAX)
@@ -1853,7 +1838,7 @@ ERPY_NOINLINE static PyObject *
 dec_map(erpy_dec *d)
 {
     const unsigned char *at = d->p;
-    size_t n = get32be(at + 1);
+    size_t n = erpy_get_be32(at + 1);
     if (n > (DEC_LEFT(d) - 5) / 2)
         return dec_malformed(d, at, "map arity exceeds the input");
     if (n > ERPY_EI_MAX)
@@ -1963,8 +1948,7 @@ ERPY_NOINLINE static PyObject *
 dec_integer_ext(erpy_dec *d)
 {
     DEC_NEED(d, 5);
-    const unsigned char *p = d->p;
-    uint32_t u = ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
+    uint32_t u = erpy_get_be32(d->p + 1);
     d->p += 5;
     return PyLong_FromLong((long)(int32_t)u);
 }
@@ -2007,7 +1991,7 @@ dec_binary_ext(erpy_dec *d)
 {
     const unsigned char *p = d->p;
     DEC_NEED(d, 5);
-    size_t n = get32be(p + 1);
+    size_t n = erpy_get_be32(p + 1);
     DEC_NEED(d, 5 + n);
     if (n > ERPY_EI_MAX - 5)
         return dec_too_large(d, p, n);
@@ -2043,7 +2027,7 @@ dec_big_ext(erpy_dec *d)
     const unsigned char *p = d->p;
     size_t hdr = p[0] == T_SMALL_BIG ? 3 : 6;
     DEC_NEED(d, hdr);
-    size_t n = p[0] == T_SMALL_BIG ? p[1] : get32be(p + 1);
+    size_t n = p[0] == T_SMALL_BIG ? p[1] : erpy_get_be32(p + 1);
     if (p[hdr - 1] > 1)
         return dec_malformed(d, p, "bad integer sign");
     DEC_NEED(d, hdr + n);
@@ -2057,7 +2041,7 @@ dec_bit_binary_ext(erpy_dec *d)
 {
     const unsigned char *p = d->p;
     DEC_NEED(d, 6);
-    size_t n = get32be(p + 1);
+    size_t n = erpy_get_be32(p + 1);
     unsigned char last = p[5];
     if (n == 0 || last < 1 || last > 8)
         return dec_malformed(d, p, "bad bitstring length");
@@ -2172,7 +2156,7 @@ dec_compressed(erpy_dec *d)
     const unsigned char *at = d->p;
     if (DEC_LEFT(d) < 5)
         return dec_malformed(d, at, "truncated");
-    size_t usize = get32be(at + 1);
+    size_t usize = erpy_get_be32(at + 1);
     if (usize == 0)   /* also: decompress(max_length=0) would not stop */
         return dec_malformed(d, at, "compressed term of size 0");
     d->p += 5;

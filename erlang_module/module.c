@@ -340,26 +340,16 @@ live_bridge(module_state *st)
     return b;
 }
 
-/* Writes v big-endian at p (frame lengths, worker ids, sequence numbers). */
-static inline void
-put_be32(char *p, uint32_t v)
-{
-    p[0] = (char)(v >> 24);
-    p[1] = (char)(v >> 16);
-    p[2] = (char)(v >> 8);
-    p[3] = (char)v;
-}
-
 /* Sends CANCEL for (w, seq) so the helper kills the handler still running it. */
 static void
 send_cancel(erpy_bridge *b, erpy_worker *w, uint32_t seq)
 {
     char f[4 + ERPY_HEADER_SIZE + 2];
     uint32_t blen = ERPY_HEADER_SIZE + 2;
-    put_be32(f, blen);
+    erpy_put_be32(f, blen);
     f[4] = ERPY_K_CANCEL;
-    put_be32(f + 5, w->id);
-    put_be32(f + 9, seq);
+    erpy_put_be32(f + 5, w->id);
+    erpy_put_be32(f + 9, seq);
     f[13] = (char)131;
     f[14] = 106;   /* NIL_EXT: [] */
     Py_BEGIN_ALLOW_THREADS
@@ -471,9 +461,9 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
         seq = ++w->seq;
     char *d = w->out.data;
     uint32_t blen = (uint32_t)(w->out.len - 4);
-    put_be32(d, blen);
-    put_be32(d + 5, w->id);
-    put_be32(d + 9, seq);
+    erpy_put_be32(d, blen);
+    erpy_put_be32(d + 5, w->id);
+    erpy_put_be32(d + 9, seq);
     int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : NO_SLICE;
     erpy_frame *f;
     int r;
@@ -636,7 +626,7 @@ call_impl(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *const *arg
             return NULL;
         char *d = w->out.data + w->out.len;
         d[0] = 108;  /* LIST_EXT */
-        put_be32(d + 1, (uint32_t)n);
+        erpy_put_be32(d + 1, (uint32_t)n);
         w->out.len += 5;
         for (Py_ssize_t i = 1; i < nargs; i++)
             if (erpy_encode(&st->codec, &w->out, args[i]) < 0)

@@ -107,13 +107,6 @@ erpy_frames_free(erpy_frame *f)
     }
 }
 
-static uint32_t
-be32(const char *p)
-{
-    const unsigned char *u = (const unsigned char *)p;
-    return ((uint32_t)u[0] << 24) | ((uint32_t)u[1] << 16) | ((uint32_t)u[2] << 8) | u[3];
-}
-
 /* ------------------------------------------------------------ worker pool */
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -426,8 +419,8 @@ frame_parse_header(erpy_frame *f)
 {
     if (f->blen >= ERPY_HEADER_SIZE) {
         f->kind = (uint8_t)f->body[0];
-        f->worker = be32(f->body + 1);
-        f->seq = be32(f->body + 5);
+        f->worker = erpy_get_be32(f->body + 1);
+        f->seq = erpy_get_be32(f->body + 5);
         f->payload = f->body + ERPY_HEADER_SIZE;
         f->plen = f->blen - ERPY_HEADER_SIZE;
     } else {
@@ -452,7 +445,7 @@ static int
 header_ok(const char *h)
 {
     uint8_t kind = (uint8_t)h[0];
-    uint32_t worker = be32(h + 1);
+    uint32_t worker = erpy_get_be32(h + 1);
     if (worker == 0)
         return kind == ERPY_K_HELLO || kind == ERPY_K_OUTPUT;
     if (worker > __atomic_load_n(&n_workers, __ATOMIC_ACQUIRE))
@@ -472,7 +465,7 @@ split_frames(const char *buf, size_t len, erpy_frame **list, erpy_frame **tail,
     size_t pos = 0;
     *need = 0;
     while (len - pos >= 4) {
-        size_t blen = be32(buf + pos);
+        size_t blen = erpy_get_be32(buf + pos);
         size_t have = len - pos - 4;
         if (blen < ERPY_HEADER_SIZE || blen > MAX_FRAME)
             return -1;
@@ -1109,6 +1102,20 @@ wait_locked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice
     return result;
 }
 
+/* wait_locked with the lock taken here, and the successor it picked woken
+ * once the lock is released. */
+static int
+wait_unlocked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice_end,
+              erpy_frame **frames)
+{
+    int wake;
+    pthread_mutex_lock(&b->lock);
+    int r = wait_locked(b, w, deadline_ns, slice_end, frames, &wake);
+    pthread_mutex_unlock(&b->lock);
+    wake_fd(wake);
+    return r;
+}
+
 int
 erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t len,
           uint64_t deadline_ns, int slice_ms, erpy_frame **frames)
@@ -1140,25 +1147,14 @@ erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t 
         if (now < until)
             (void)lead_once(b, w, ms_until(until, now), -1);
     }
-    int wake;
-    pthread_mutex_lock(&b->lock);
-    int r = wait_locked(b, w, deadline_ns, slice_end, frames, &wake);
-    pthread_mutex_unlock(&b->lock);
-    wake_fd(wake);
-    return r;
+    return wait_unlocked(b, w, deadline_ns, slice_end, frames);
 }
 
 int
 erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms,
           erpy_frame **frames)
 {
-    uint64_t slice_end = slice_end_of(slice_ms);
-    int wake;
-    pthread_mutex_lock(&b->lock);
-    int r = wait_locked(b, w, deadline_ns, slice_end, frames, &wake);
-    pthread_mutex_unlock(&b->lock);
-    wake_fd(wake);
-    return r;
+    return wait_unlocked(b, w, deadline_ns, slice_end_of(slice_ms), frames);
 }
 
 void

@@ -33,7 +33,8 @@ struct erpy_bridge;
 /* A pool entry, owned by one thread at a time (kept in a pthread key slot). */
 typedef struct erpy_worker {
     uint32_t id;                  /* >= 1; 0 is the control channel */
-    int pipe_r, pipe_w;           /* wake-up pipe, both ends non-blocking */
+    int pipe_r, pipe_w;           /* wake-up pipe: only the owner reads pipe_r (blocking);
+                                     pipe_w is non-blocking */
     /* Owned by the thread holding the worker. */
     uint32_t seq;                 /* last Seq sent */
     int busy;                     /* in a call: a nested call (signal handler,
