@@ -91,14 +91,22 @@ eval(Source) ->
 %% Compile errors raise error:{compile_error, Message}, Message a binary of
 %% "File:Line: text" lines; warnings are not reported.  A module loaded
 %% again replaces the old code (processes still running the code before
-%% that are killed, as with c:l/1).
+%% that are killed, as with c:l/1).  A binary Source is the file's bytes,
+%% read as erlc would (UTF-8 unless a coding comment says latin-1).  A
+%% module named like one of the helper's own (py, py_handler, ...) raises
+%% error:{reserved_module, Module} and is not loaded.
 -spec load_source(unicode:chardata(), unicode:chardata()) -> module().
 load_source(Source, File) ->
     FileName = unicode:characters_to_list(File),
-    Forms = preprocess(unicode:characters_to_binary(Source), FileName),
+    Bytes = if
+                is_binary(Source) -> Source;
+                true -> unicode:characters_to_binary(Source)
+            end,
+    Forms = preprocess(Bytes, FileName),
     case compile:forms(Forms, [binary, return_errors, return_warnings,
                                {source, FileName}]) of
         {ok, Module, Beam, _Warnings} ->
+            ok = not_the_helpers(Module),
             _ = code:purge(Module),
             case code:load_binary(Module, FileName, Beam) of
                 {module, Module} -> Module;
@@ -117,6 +125,15 @@ load_source(Source, File) ->
 format_error(no_expression) -> "no expression to evaluate".
 
 %% Internal.
+
+%% Loading a module over one of the helper's own would break the helper
+%% (every later eval or load would call the user's module instead).
+not_the_helpers(Module) ->
+    {ok, Own} = application:get_key(py, modules),
+    case lists:member(Module, Own) of
+        false -> ok;
+        true -> erlang:raise(error, {reserved_module, Module}, [])
+    end.
 
 name(Name) when is_binary(Name) ->
     Name;

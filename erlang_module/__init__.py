@@ -71,7 +71,9 @@ def load_module(path_or_source, timeout=None):
         isinstance(src, str) and "\n" not in src and "-module(" not in src
     ):
         fname = _os.fspath(src)
-        with open(fname, encoding="utf-8") as f:
+        # The bytes as they are: the compiler reads them as erlc would
+        # (UTF-8, or latin-1 under a "coding: latin-1" comment).
+        with open(fname, "rb") as f:
             text = f.read()
     elif isinstance(src, str):
         fname, text = "nofile", src
@@ -107,6 +109,13 @@ def stop(timeout=5.0):
     ``timeout`` seconds).  Returns True if one was running."""
     return _helper.stop(timeout)
 
+
+# The public classes are erlang.X wherever they are defined: tracebacks and
+# reprs show the name users import (pickle finds them there too).
+for _cls in (Atom, BitString, Fun, ImproperList, Pid, Port, Reference,
+             CallTimeout, Error, HelperExited, UndefinedFunction):
+    _cls.__module__ = __name__
+del _cls
 
 __all__ = [
     "Atom", "BitString", "CallTimeout", "Error", "Fun", "HelperExited",

@@ -8,9 +8,29 @@ def _short(term, limit=300):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_RESERVED = frozenset(
+    "after and andalso band begin bnot bor bsl bsr bxor case catch cond div else "
+    "end fun if let maybe not of or orelse receive rem try when xor".split())
+
+
+def _atom(a):
+    """An atom as Erlang writes it (quoted unless it is a plain name),
+    cut to 100 characters."""
+    text = str(a)
+    if not (text[:1].isascii() and text[:1].islower() and text not in _RESERVED
+            and all(c.isascii() and (c.isalnum() or c in "_@") for c in text)):
+        text = "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _mfa(mod, fun, arity):
+    return "%s:%s/%s" % (_atom(mod), _atom(fun), arity)
+
+
 # Frames of the interpreter and of the helper itself say nothing about where
 # the user's code failed; messages name the first frame outside them.
 _MACHINERY = frozenset(["erl_eval", "py_handler", "py_coordinator"])
+_MACHINERY_FUNS = frozenset([("py", "eval"), ("py", "eval_sequences"), ("py", "load_source")])
 
 
 class Error(RuntimeError):
@@ -30,11 +50,11 @@ class Error(RuntimeError):
         for frame in self.stacktrace or ():
             if isinstance(frame, tuple) and len(frame) == 4:
                 mod, fun, arity, _loc = frame
-                if mod in _MACHINERY:
+                if mod in _MACHINERY or (mod, fun) in _MACHINERY_FUNS:
                     continue
                 if isinstance(arity, list):
                     arity = len(arity)
-                where = " in %s:%s/%s" % (mod, fun, arity)
+                where = " in " + _mfa(mod, fun, arity)
                 break
         return "Erlang %s%s: %s" % (self.kind, where, _short(self.reason))
 
@@ -49,12 +69,12 @@ class UndefinedFunction(Error):
     def _message(self):
         r = self.reason
         if isinstance(r, tuple) and len(r) == 2 and r[0] == "undefined_function":
-            return "no Erlang function registered as %r" % (r[1],)
+            return "no Erlang function registered as %s" % _short(r[1], 100)
         for frame in self.stacktrace or ():
             if isinstance(frame, tuple) and len(frame) == 4:
                 mod, fun, args, _loc = frame
                 n = len(args) if isinstance(args, list) else args
-                return "undefined Erlang function %s:%s/%s" % (mod, fun, n)
+                return "undefined Erlang function " + _mfa(mod, fun, n)
         return "undefined Erlang function"
 
 

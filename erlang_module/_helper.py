@@ -49,6 +49,8 @@ def _check(options):
         v = options.get(key)
         if isinstance(v, (str, bytes)):
             raise TypeError("start option %r must be a list of strings, not a string" % key)
+    for d in options.get("code_path") or ():
+        _check_code_dir(d)
     ct = options.get("call_timeout")
     if ct is not None and not (isinstance(ct, (int, float)) and ct >= 0):
         raise ValueError("call_timeout must be a number >= 0 or None")
@@ -62,6 +64,27 @@ def _check(options):
         raise TypeError("on_start must be callable")
     if options.get("after_fork", "restart") not in ("restart", "error"):
         raise ValueError("after_fork must be 'restart' or 'error'")
+
+
+def _check_code_dir(d):
+    """A code_path directory must not hold a module of the helper's own: it
+    could be loaded instead of the helper's and break it."""
+    try:
+        names = os.listdir(os.fspath(d))
+    except TypeError:
+        raise TypeError("code_path entries must be paths, not %s" % type(d).__name__) from None
+    except OSError:
+        return          # erl ignores a missing directory; so do we
+    try:
+        own = set(os.listdir(EBIN))
+    except OSError:
+        own = set()
+    clash = sorted(n for n in names if n.endswith(".beam") and n in own)
+    if clash:
+        raise ValueError(
+            "code_path directory %r holds %s, named like the helper's own module(s): "
+            "rename them (the helper uses py and py_* module names)"
+            % (os.fspath(d), ", ".join(clash)))
 
 
 def command_line(options):
@@ -145,6 +168,10 @@ def autostart():
 def stop(timeout=5.0):
     """Stops the helper: closes its stdin, so it halts; kills it if it has
     not exited within `timeout` seconds.  Returns True if one was running."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError("timeout must be a number, not %s" % type(timeout).__name__)
+    if not timeout >= 0:
+        raise ValueError("timeout must be >= 0")
     with _lock:
         stopped = _erlang._stop(float(timeout))
     _drain_output()

@@ -381,6 +381,11 @@ enc_longlong(erpy_buf *b, long long v)
     return enc_ei_done(b, rc, i, size ? size : (size_t)i, "an integer");
 }
 
+/* The largest integer magnitude, in bytes, that the 64-bit emulator
+ * accepts: (2^19 - 1) 64-bit words (measured with binary_to_term on OTP 25:
+ * 4,194,296 bytes decode, one more is badarg). */
+#define ERPY_ERLANG_BIG_MAX_BYTES 4194296
+
 /* An int outside the 64-bit ranges: SMALL_BIG_EXT / LARGE_BIG_EXT by
  * ei_encode_big, the magnitude from int.to_bytes (no private _PyLong API).
  * Returns -1 with an exception set. */
@@ -401,8 +406,13 @@ enc_bigint(erpy_enc *e, PyObject *obj, int negative)
     if (bits == (size_t)-1 && PyErr_Occurred())
         goto error;
     size_t n = (bits + 7) / 8;
-    if (enc_check_size(n, "int") < 0)
+    if (n > ERPY_ERLANG_BIG_MAX_BYTES) {
+        /* binary_to_term would fail with badarg after the call was sent */
+        PyErr_Format(PyExc_ValueError,
+                     "int of %zu bits is too large for Erlang (at most %d bits)",
+                     bits, ERPY_ERLANG_BIG_MAX_BYTES * 8);
         goto error;
+    }
     /* An even number of bytes: erlang_big's digits are 16-bit. */
     size_t ndigits = (n + 1) / 2;
     bytes = PyObject_CallMethod(mag, "to_bytes", "ns", (Py_ssize_t)(2 * ndigits),

@@ -282,18 +282,19 @@ stop_bridge(erpy_bridge *b, int timeout_ms)
     bridge_unref(b);
 }
 
+/* Timeouts longer than this (about 31 years) count as none: a deadline in
+ * nanoseconds past it would overflow. */
+#define TIMEOUT_MAX_S 1e9
+
 /* Converts a timeout argument to an absolute deadline.  Returns 0 (with
- * *deadline_ns 0 for none) or -1 with an exception set. */
+ * *deadline_ns 0 for none), 1 for a timeout of 0 (no time to wait: the
+ * caller raises CallTimeout without sending) or -1 with an exception set. */
 static int
 deadline_from(module_state *st, PyObject *timeout, uint64_t *deadline_ns)
 {
     double t;
     if (timeout == NULL || timeout == Py_None) {
         t = st->call_timeout;
-        if (t < 0) {
-            *deadline_ns = 0;
-            return 0;
-        }
     } else {
         t = PyFloat_AsDouble(timeout);
         if (t == -1.0 && PyErr_Occurred()) {
@@ -301,17 +302,33 @@ deadline_from(module_state *st, PyObject *timeout, uint64_t *deadline_ns)
                          Py_TYPE(timeout)->tp_name);
             return -1;
         }
-        if (!(t >= 0) || isinf(t)) {
-            if (isinf(t) && t > 0) {
-                *deadline_ns = 0;
-                return 0;
-            }
+        if (!(t >= 0)) {
             PyErr_SetString(PyExc_ValueError, "timeout must be >= 0 (or None)");
             return -1;
         }
     }
+    if (t < 0 || t > TIMEOUT_MAX_S) {   /* no call_timeout; inf; huge */
+        *deadline_ns = 0;
+        return 0;
+    }
+    if (t == 0)
+        return 1;
     *deadline_ns = erpy_now_ns() + (uint64_t)(t * 1e9) + 1;
     return 0;
+}
+
+/* Raises CallTimeout, naming the limit that elapsed.  Returns NULL. */
+static PyObject *
+raise_timeout(module_state *st, PyObject *timeout, int sent)
+{
+    int own = timeout != NULL && timeout != Py_None;
+    double t = own ? PyFloat_AsDouble(timeout) : st->call_timeout;
+    char msg[160];
+    snprintf(msg, sizeof msg, sent ? "no reply within %s=%g s" :
+             "%s=%g s leaves no time for a reply: the call was not sent",
+             own ? "timeout" : "call_timeout", t);
+    PyErr_SetString(st->CallTimeout, msg);
+    return NULL;
 }
 
 /* Starts the default helper through Python when there is none.  Returns the
@@ -454,8 +471,9 @@ static PyObject *
 roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
 {
     uint64_t deadline;
-    if (deadline_from(st, timeout, &deadline) < 0)
-        return NULL;
+    int dr = deadline_from(st, timeout, &deadline);
+    if (dr != 0)
+        return dr < 0 ? NULL : raise_timeout(st, timeout, 0);
     uint32_t seq = ++w->seq;
     if (seq == 0)
         seq = ++w->seq;
@@ -489,9 +507,7 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
         case ERPY_W_TIMEOUT:
             erpy_wait_abandon(b, w);
             send_cancel(b, w, seq);
-            PyErr_Format(st->CallTimeout, "no reply within the timeout (%s)",
-                         timeout && timeout != Py_None ? "timeout=" : "call_timeout");
-            return NULL;
+            return raise_timeout(st, timeout, 1);
         default:
             if (PyErr_CheckSignals() < 0) {
                 erpy_wait_abandon(b, w);
@@ -511,7 +527,7 @@ static int
 encode_name(module_state *st, erpy_worker *w, PyObject *name)
 {
     if (!PyUnicode_Check(name) && !PyBytes_Check(name)) {
-        PyErr_Format(PyExc_TypeError, "function name must be str, not %.100s",
+        PyErr_Format(PyExc_TypeError, "function name must be str or bytes, not %.100s",
                      Py_TYPE(name)->tp_name);
         return -1;
     }
@@ -770,7 +786,8 @@ m_start(PyObject *module, PyObject *args)
 static PyObject *
 start_handshake(module_state *st, erpy_bridge *b, double timeout)
 {
-    uint64_t end = erpy_now_ns() + (uint64_t)(timeout * 1e9);
+    uint64_t end = timeout > TIMEOUT_MAX_S ? UINT64_MAX
+                                           : erpy_now_ns() + (uint64_t)(timeout * 1e9);
     int slice = PyThread_get_thread_ident() == st->main_thread ? MAIN_SLICE_MS : OTHER_SLICE_MS;
     for (;;) {
         int r;
@@ -794,7 +811,7 @@ start_handshake(module_state *st, erpy_bridge *b, double timeout)
                 return NULL;
             }
             char msg[200];
-            snprintf(msg, sizeof msg, "the helper did not answer within %.1f s of starting",
+            snprintf(msg, sizeof msg, "the helper did not answer within %g s of starting",
                      timeout);
             return raise_exited(st, b, msg);
         }

@@ -24,7 +24,7 @@ def worker():
             status, value = erlang.call("maybe_fail", x)   # {ok, X}
             print(f"maybe_fail({x}) returned {status} {value}")
         except RuntimeError as e:
-            print(f"Erlang error: {e}")
+            print(f"caught {type(e).__name__}: {e}")   # "Erlang error in ...: ..."
             # Atoms arrive as erlang.Atom, a str subclass.
             what, value = e.reason                          # {too_big, X}
             print(f"  kind={e.kind} reason={str(what)} {value}")

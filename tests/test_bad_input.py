@@ -82,6 +82,9 @@ def deep(make, depth=100_000):
 
 # ------------------------------------------------------ 7. unencodable values
 
+# The largest integer magnitude of the 64-bit emulator: (2^19 - 1) words.
+ERLANG_INT_MAX_BITS = 64 * ((1 << 19) - 1)
+
 UNENCODABLE = [
     ("set", set([1]), TypeError),
     ("object", object(), TypeError),
@@ -98,6 +101,9 @@ UNENCODABLE = [
     ("deep-list", deep(lambda x: [x]), RecursionError),
     ("deep-tuple", deep(lambda x: (x,)), RecursionError),
     ("deep-dict", deep(lambda x: {"k": x}), RecursionError),
+    # past the emulator's integer limit (binary_to_term would say badarg)
+    ("int-too-large", 1 << ERLANG_INT_MAX_BITS, ValueError),
+    ("negative-int-too-large", -(1 << ERLANG_INT_MAX_BITS), ValueError),
 ]
 
 
@@ -116,6 +122,29 @@ def test_unencodable_value_raises_writes_nothing_and_the_helper_keeps_serving(va
                 attempt()
     assert erlang.call("echo", ["after", 1]) == ["after", 1]
     assert helper_pid() == pid
+
+
+def test_the_largest_integers_erlang_has_round_trip_and_one_bit_more_is_refused():
+    big = (1 << ERLANG_INT_MAX_BITS) - 1
+    for v in (big, -big):
+        assert erlang.call("echo", v) == v
+    with pytest.raises(ValueError) as ei:
+        erlang.term_to_binary(big + 1)
+    assert "too large for Erlang" in str(ei.value)
+    assert str(ERLANG_INT_MAX_BITS) in str(ei.value)
+
+
+def test_a_zero_timeout_raises_call_timeout_and_sends_nothing():
+    erlang.eval("py:register_function(count_runs, fun([]) ->"
+                " N = persistent_term:get(py_test_runs, 0) + 1,"
+                " persistent_term:put(py_test_runs, N), N end).")
+    before = erlang.call("count_runs")
+    with NothingWritten():
+        for _ in range(50):
+            with pytest.raises(erlang.CallTimeout) as ei:
+                erlang.call("count_runs", timeout=0)
+    assert "not sent" in str(ei.value) and "timeout=0" in str(ei.value)
+    assert erlang.call("count_runs") == before + 1
 
 
 @pytest.mark.parametrize("name, exc", [

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import erlang
+from conftest import helper_pid
 
 
 # ------------------------------------------------- the user story's examples
@@ -269,6 +270,33 @@ def test_load_module_compile_error_raises_erlang_error():
     reason = ei.value.reason
     assert isinstance(reason, tuple) and reason[0] == "compile_error"
     assert erlang.eval("1 + 1.") == 2
+
+
+def test_load_module_reads_a_file_as_erlc_does_utf8_or_latin1(tmp_path):
+    # A file's bytes go to the compiler as they are: UTF-8 by default,
+    # latin-1 under a coding comment.
+    (tmp_path / "enc_utf8.erl").write_bytes(
+        "-module(enc_utf8).\n-export([s/0]).\ns() -> <<\"caf\u00e9 \u263a\"/utf8>>.\n".encode())
+    (tmp_path / "enc_latin1.erl").write_bytes(
+        b"%% -*- coding: latin-1 -*-\n-module(enc_latin1).\n-export([s/0]).\n"
+        b"s() -> \"caf\xe9\".\n")
+    assert erlang.load_module(tmp_path / "enc_utf8.erl") == "enc_utf8"
+    assert erlang.apply("enc_utf8", "s", []) == "caf\u00e9 \u263a"
+    assert erlang.load_module(tmp_path / "enc_latin1.erl") == "enc_latin1"
+    assert erlang.apply("enc_latin1", "s", []) == [ord(c) for c in "caf\u00e9"]
+
+
+@pytest.mark.parametrize("name", ["py", "py_handler", "py_coordinator"])
+def test_load_module_refuses_the_helpers_own_module_names(name):
+    pid = helper_pid()
+    with pytest.raises(erlang.Error) as ei:
+        erlang.load_module("-module(%s).\n-export([h/0]).\nh() -> 1.\n" % name)
+    assert ei.value.reason == ("reserved_module", name)
+    # The helper is untouched: eval and load_module still work.
+    assert erlang.eval("1 + 1.") == 2
+    assert erlang.load_module("-module(after_reserved).\n") == "after_reserved"
+    assert erlang.call("echo", "still") == "still"
+    assert helper_pid() == pid
 
 
 def test_load_module_of_a_missing_file_raises_os_error(tmp_path):

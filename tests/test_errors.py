@@ -83,6 +83,39 @@ def test_erlang_error_pickles_with_its_fields():
     assert (e2.kind, e2.reason) == ("throw", ("t", 1))
 
 
+def test_public_classes_are_named_as_users_import_them():
+    for cls in (erlang.Error, erlang.UndefinedFunction, erlang.CallTimeout,
+                erlang.HelperExited, erlang.Atom, erlang.Pid, erlang.ImproperList):
+        assert cls.__module__ == "erlang"
+        assert getattr(erlang, cls.__name__) is cls
+    assert repr(erlang.CallTimeout) == "<class 'erlang.CallTimeout'>"
+
+
+@pytest.mark.parametrize("call, where", [
+    (lambda: erlang.apply("erlang", "/", [1, 0]), " in erlang:'/'/2: "),
+    (lambda: erlang.apply("erlang", "and", [1, 2]), " in erlang:'and'/2: "),
+    (lambda: erlang.apply("lists", "nth", [5, [1]]), " in lists:nth/2: "),
+    (lambda: erlang.eval("X + 1."), ": "),
+], ids=["operator", "reserved-word", "plain", "eval-internals"])
+def test_error_message_names_the_failing_function_as_erlang_writes_it(call, where):
+    with pytest.raises(erlang.Error) as ei:
+        call()
+    text = str(ei.value)
+    assert text.startswith("Erlang error" + where), text
+    assert "py:" not in text and "eval_sequences" not in text
+
+
+def test_messages_about_very_long_names_stay_short():
+    name = "n" * 100_000
+    with pytest.raises(erlang.UndefinedFunction) as ei:
+        erlang.call(name)
+    assert len(str(ei.value)) < 200
+    assert ei.value.reason[1] == name          # the whole name is still there
+    with pytest.raises(erlang.UndefinedFunction) as ei:
+        erlang.apply("m" * 200, "f", [])
+    assert len(str(ei.value)) < 250
+
+
 # ------------------------------------------------------- undefined functions
 
 def test_unknown_registered_name_raises_undefined_function():

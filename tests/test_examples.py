@@ -38,7 +38,7 @@ def test_chained_calls_example_returns_3():
 def test_error_handling_example_shows_each_kind_of_error():
     out = run_example("error_handling.py")
     assert "maybe_fail(5) returned ok 5" in out
-    assert "Erlang error:" in out and "too_big" in out
+    assert "caught Error: Erlang error" in out and "too_big" in out
     assert "kind=error reason=too_big 42" in out
     assert "UndefinedFunction:" in out and "no_such_function" in out
     assert "CallTimeout:" in out

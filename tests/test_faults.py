@@ -122,6 +122,30 @@ def test_invalid_timeout_is_rejected_before_anything_is_sent(bad):
     assert erlang.call("echo", "after") == "after"
 
 
+@pytest.mark.parametrize("huge", [2e10, 1e300, float("inf")])
+def test_a_timeout_too_long_to_elapse_counts_as_none(huge):
+    # Past about 31 years a deadline in nanoseconds would overflow.
+    assert erlang.eval("timer:sleep(20), slept.", timeout=huge) == "slept"
+    assert erlang.call("sleep_echo", 20, "x", timeout=huge) == "x"
+
+
+def test_huge_start_and_call_timeouts_count_as_none(restore_helper):
+    erlang.stop()
+    erlang.start(timeout=1e300, call_timeout=1e300)
+    assert erlang.eval("timer:sleep(20), slept.") == "slept"
+
+
+def test_call_timeout_says_which_limit_elapsed(restore_helper):
+    with pytest.raises(erlang.CallTimeout) as ei:
+        erlang.call("sleep_ms", 2000, timeout=0.05)
+    assert str(ei.value) == "no reply within timeout=0.05 s"
+    erlang.stop()
+    erlang.start(call_timeout=0.25)
+    with pytest.raises(erlang.CallTimeout) as ei:
+        erlang.eval("timer:sleep(2000).")
+    assert str(ei.value) == "no reply within call_timeout=0.25 s"
+
+
 def test_call_timeout_start_option_applies_to_eval_and_load_module(restore_helper):
     src = "-module(fault_ct_mod).\n-export([f/0]).\nf() -> ok.\n"
     erlang.stop()
@@ -371,8 +395,20 @@ def test_bad_module_at_start_is_reported_and_leaves_nothing_running(tmp_path, re
     assert wait_until(lambda: beams_of(os.getpid()) == [], 5.0)
 
 
+def test_code_path_holding_a_module_of_the_helper_is_refused(tmp_path):
+    (tmp_path / "py_coordinator.beam").write_bytes(b"not used")
+    (tmp_path / "mine.beam").write_bytes(b"not used")
+    pid = helper_pid()
+    with pytest.raises(ValueError) as ei:
+        erlang.start(code_path=[str(tmp_path)])
+    assert "py_coordinator.beam" in str(ei.value) and "mine" not in str(ei.value)
+    with pytest.raises(TypeError):
+        erlang.start(code_path=[42])
+    assert helper_pid() == pid
+
+
 def test_shadowed_helper_module_makes_the_start_fail_with_its_reason(tmp_path, restore_helper):
-    # A code_path that shadows the helper's own coordinator with one that
+    # Raw erl flags that shadow the helper's own coordinator with one that
     # cannot start: the py application does not start, and start() says why.
     import shutil
     erlc = shutil.which("erlc")
@@ -384,9 +420,10 @@ def test_shadowed_helper_module_makes_the_start_fail_with_its_reason(tmp_path, r
     subprocess.run([erlc, "-o", str(tmp_path), str(src)], check=True)
     erlang.stop()
     with pytest.raises(erlang.HelperExited) as ei:
-        erlang.start(code_path=[str(tmp_path)], timeout=30)
-    # code_path comes before the helper's own ebin, so the shadowing module
-    # is the one loaded: the start fails, with the reason in the tail.
+        erlang.start(args=["-pa", str(tmp_path)], timeout=30)
+    # This -pa comes before the helper's own ebin in the code path, so the
+    # shadowing module is the one loaded: the start fails, with the reason
+    # in the tail.
     assert "shadowed_by_the_test" in ei.value.stderr
     assert ei.value.status == 3
     assert not erlang.is_running()

@@ -68,6 +68,18 @@ def test_start_stop_and_is_running(restore_helper):
     assert erlang.call("double_it", 6) == 12
 
 
+@pytest.mark.parametrize("bad, exc", [
+    ("1", TypeError), (None, TypeError), (True, TypeError), (-1, ValueError),
+    (float("nan"), ValueError),
+])
+def test_stop_with_a_bad_timeout_raises_and_stops_nothing(bad, exc):
+    pid = helper_pid()
+    with pytest.raises(exc):
+        erlang.stop(timeout=bad)
+    assert erlang.is_running() and helper_pid() == pid
+    assert erlang.call("double_it", 4) == 8
+
+
 def test_call_after_stop_starts_a_new_helper(restore_helper):
     old = helper_pid()
     erlang.stop()
