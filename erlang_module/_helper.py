@@ -7,10 +7,12 @@ call (exactly once, however many threads call at the same moment), runs
 waiting for to ``sys.stdout``/``sys.stderr``, and stops the helper at exit.
 """
 import atexit
+import math
 import os
 import shutil
 import sys
 import threading
+from collections.abc import Mapping
 
 from . import _erlang
 from ._errors import HelperExited
@@ -30,7 +32,7 @@ _forked = False                # this process is a fork of one that had a helper
 
 
 def _find_erl(erl):
-    erl = erl or os.environ.get("ERL") or "erl"
+    erl = os.fsdecode(erl) if erl else (os.environ.get("ERL") or "erl")
     path = erl if os.sep in erl else shutil.which(erl)
     if not path or not os.access(path, os.X_OK):
         raise HelperExited(
@@ -51,11 +53,18 @@ def _check(options):
             raise TypeError("start option %r must be a list of strings, not a string" % key)
     for d in options.get("code_path") or ():
         _check_code_dir(d)
+    erl = options.get("erl")
+    if erl is not None and not isinstance(erl, (str, bytes, os.PathLike)):
+        raise TypeError("start option 'erl' must be a path, not %s" % type(erl).__name__)
+    for m in options.get("modules") or ():
+        if not os.path.isfile(os.fspath(m)):
+            raise FileNotFoundError("start option 'modules': no such file: %r" % os.fspath(m))
+    _check_env(options.get("env"))
     ct = options.get("call_timeout")
-    if ct is not None and not (isinstance(ct, (int, float)) and ct >= 0):
+    if ct is not None and not (_is_number(ct) and ct >= 0):
         raise ValueError("call_timeout must be a number >= 0 or None")
     t = options.get("timeout", 30.0)
-    if not (isinstance(t, (int, float)) and t > 0):
+    if not (_is_number(t) and t > 0):
         raise ValueError("timeout must be a number > 0")
     b = options.get("binaries", "str")
     if b not in ("str", "bytes"):
@@ -64,6 +73,33 @@ def _check(options):
         raise TypeError("on_start must be callable")
     if options.get("after_fork", "restart") not in ("restart", "error"):
         raise ValueError("after_fork must be 'restart' or 'error'")
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _seconds(v):
+    """A number of seconds as a float (an int too big for one: no limit)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
+
+
+def _check_env(env):
+    if env is None:
+        return
+    if not isinstance(env, Mapping):
+        raise TypeError("start option 'env' must be a dict of str to str, not %s"
+                        % type(env).__name__)
+    for k, v in env.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError("start option 'env': names and values must be str, not %s=%s"
+                            % (type(k).__name__, type(v).__name__))
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise ValueError("start option 'env': bad variable %r=%r (a name must be "
+                             "non-empty without '='; neither may hold NUL)" % (k, v))
 
 
 def _check_code_dir(d):
@@ -119,10 +155,12 @@ def start(**options):
     with _lock:
         if _erlang.is_running():
             raise RuntimeError("the Erlang helper is already running; call erlang.stop() first")
-        _start_locked(options)
+        # Kept even if this start fails: the next call tries these options
+        # again, never silently others.
         _options.clear()
         _options.update(options)
         _forked = False
+        _start_locked(options)
 
 
 def _start_locked(options):
@@ -131,8 +169,8 @@ def _start_locked(options):
     hello = _erlang._start(
         argv,
         _environment(options),
-        float(options.get("timeout", 30.0)),
-        -1.0 if ct is None else float(ct),
+        _seconds(options.get("timeout", 30.0)),
+        -1.0 if ct is None else _seconds(ct),
         options.get("binaries", "str"),
     )
     _ensure_pump()
@@ -151,10 +189,15 @@ def _start_locked(options):
     return hello
 
 
-def autostart():
+def autostart(wait=None):
     """Starts the default helper (or the last start()'s options again after
-    the helper died).  Called by the C core when a call finds no helper."""
-    with _lock:
+    the helper died).  Called by the C core when a call finds no helper, or
+    one that another thread is still starting; `wait` is how many seconds
+    the call may wait for that thread (None: no limit).  Returns False when
+    that time ran out."""
+    if not _lock.acquire(timeout=-1 if wait is None else min(wait, threading.TIMEOUT_MAX)):
+        return False
+    try:
         if not _erlang.is_running():
             if _forked and _options.get("after_fork") == "error":
                 raise HelperExited(
@@ -163,17 +206,20 @@ def autostart():
                     "erlang.start() in the child to give it a helper of its own"
                 )
             _start_locked(dict(_options))
+    finally:
+        _lock.release()
+    return True
 
 
 def stop(timeout=5.0):
     """Stops the helper: closes its stdin, so it halts; kills it if it has
     not exited within `timeout` seconds.  Returns True if one was running."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+    if not _is_number(timeout):
         raise TypeError("timeout must be a number, not %s" % type(timeout).__name__)
     if not timeout >= 0:
         raise ValueError("timeout must be >= 0")
     with _lock:
-        stopped = _erlang._stop(float(timeout))
+        stopped = _erlang._stop(_seconds(timeout))
     _drain_output()
     return stopped
 

@@ -144,7 +144,7 @@ done:
 static int
 erpy_parse_binaries_opt(PyObject *v)
 {
-    if (v == NULL || v == Py_None)
+    if (v == NULL)
         return 0;
     if (PyUnicode_Check(v)) {
         if (PyUnicode_CompareWithASCIIString(v, "str") == 0)
@@ -296,7 +296,21 @@ deadline_from(module_state *st, PyObject *timeout, uint64_t *deadline_ns)
     if (timeout == NULL || timeout == Py_None) {
         t = st->call_timeout;
     } else {
+        if (PyBool_Check(timeout)) {
+            PyErr_SetString(PyExc_TypeError, "timeout must be a number or None, not bool");
+            return -1;
+        }
         t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred() && PyLong_Check(timeout) &&
+            PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();   /* an int past any float: no limit, or negative */
+            PyObject *zero = PyLong_FromLong(0);
+            int positive = zero ? PyObject_RichCompareBool(timeout, zero, Py_GT) : -1;
+            Py_XDECREF(zero);
+            if (positive < 0)
+                return -1;
+            t = positive ? INFINITY : -1.0;
+        }
         if (t == -1.0 && PyErr_Occurred()) {
             PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
                          Py_TYPE(timeout)->tp_name);
@@ -311,31 +325,60 @@ deadline_from(module_state *st, PyObject *timeout, uint64_t *deadline_ns)
         *deadline_ns = 0;
         return 0;
     }
-    if (t == 0)
+    if (t == 0) {
+        *deadline_ns = 0;
         return 1;
+    }
     *deadline_ns = erpy_now_ns() + (uint64_t)(t * 1e9) + 1;
     return 0;
 }
 
+enum { T_ZERO, T_NO_REPLY, T_STARTING };
+
 /* Raises CallTimeout, naming the limit that elapsed.  Returns NULL. */
 static PyObject *
-raise_timeout(module_state *st, PyObject *timeout, int sent)
+raise_timeout(module_state *st, PyObject *timeout, int why)
 {
+    static const char *const fmt[] = {
+        [T_ZERO] = "%s=%g s leaves no time for a reply: the call was not sent",
+        [T_NO_REPLY] = "no reply within %s=%g s",
+        [T_STARTING] = "%s=%g s passed while another thread was still starting the "
+                       "helper (its modules or on_start had not finished): "
+                       "the call was not sent",
+    };
     int own = timeout != NULL && timeout != Py_None;
     double t = own ? PyFloat_AsDouble(timeout) : st->call_timeout;
-    char msg[160];
-    snprintf(msg, sizeof msg, sent ? "no reply within %s=%g s" :
-             "%s=%g s leaves no time for a reply: the call was not sent",
-             own ? "timeout" : "call_timeout", t);
+    char msg[240];
+    snprintf(msg, sizeof msg, fmt[why], own ? "timeout" : "call_timeout", t);
     PyErr_SetString(st->CallTimeout, msg);
     return NULL;
 }
 
-/* Starts the default helper through Python when there is none.  Returns the
- * live bridge with a reference the caller drops with bridge_unref, or NULL
- * with an exception set. */
+/* The deadline of a call from its timeout argument, as deadline_from; the
+ * flag `zero` is set for a timeout of 0. */
+typedef struct {
+    PyObject *timeout;
+    uint64_t deadline;
+    int zero;
+} call_limit;
+
+static int
+call_limit_of(module_state *st, PyObject *timeout, call_limit *lim)
+{
+    lim->timeout = timeout;
+    int dr = deadline_from(st, timeout, &lim->deadline);
+    if (dr < 0)
+        return -1;
+    lim->zero = dr == 1;
+    return 0;
+}
+
+/* Starts the default helper through Python when there is none.  A thread
+ * that finds another one starting it waits for that until the call's
+ * deadline (0: none).  Returns the live bridge with a reference the caller
+ * drops with bridge_unref, or NULL with an exception set. */
 static erpy_bridge *
-live_bridge(module_state *st)
+live_bridge(module_state *st, const call_limit *lim)
 {
     erpy_bridge *b = erpy_bridge_current();
     /* Until start-up (modules, on_start) is over, only the starting thread
@@ -344,10 +387,22 @@ live_bridge(module_state *st)
         b->refs++;
         return b;
     }
-    PyObject *r = PyObject_CallNoArgs(st->autostart);
+    PyObject *r;
+    if (lim->deadline == 0 && !lim->zero) {
+        r = PyObject_CallOneArg(st->autostart, Py_None);
+    } else {
+        uint64_t now = erpy_now_ns();
+        double left = lim->deadline > now ? (double)(lim->deadline - now) / 1e9 : 0.0;
+        PyObject *wait = PyFloat_FromDouble(left);
+        r = wait ? PyObject_CallOneArg(st->autostart, wait) : NULL;
+        Py_XDECREF(wait);
+    }
     if (r == NULL)
         return NULL;
+    int started = PyObject_IsTrue(r);
     Py_DECREF(r);
+    if (started <= 0)
+        return started < 0 ? NULL : (erpy_bridge *)raise_timeout(st, lim->timeout, T_STARTING);
     b = erpy_bridge_current();
     if (b == NULL || b->dead || !(b->ready || st->starter == PyThread_get_thread_ident())) {
         raise_exited(st, b, "the helper is not running");
@@ -465,15 +520,16 @@ begin_frame(erpy_worker *w, int kind)
     return 0;
 }
 
-/* Sends the frame in w->out to b and waits for its reply.  Returns the
- * decoded result (new reference) or NULL with an exception set. */
+/* Sends the frame in w->out to b and waits for its reply until the deadline
+ * (0: none; zero: raise at once, sending nothing).  Returns the decoded
+ * result (new reference) or NULL with an exception set. */
 static PyObject *
-roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
+roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *lim)
 {
-    uint64_t deadline;
-    int dr = deadline_from(st, timeout, &deadline);
-    if (dr != 0)
-        return dr < 0 ? NULL : raise_timeout(st, timeout, 0);
+    PyObject *timeout = lim->timeout;
+    uint64_t deadline = lim->deadline;
+    if (lim->zero)
+        return raise_timeout(st, timeout, T_ZERO);
     uint32_t seq = ++w->seq;
     if (seq == 0)
         seq = ++w->seq;
@@ -507,7 +563,7 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *timeout)
         case ERPY_W_TIMEOUT:
             erpy_wait_abandon(b, w);
             send_cancel(b, w, seq);
-            return raise_timeout(st, timeout, 1);
+            return raise_timeout(st, timeout, T_NO_REPLY);
         default:
             if (PyErr_CheckSignals() < 0) {
                 erpy_wait_abandon(b, w);
@@ -595,7 +651,7 @@ parse_timeout_kw(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
 }
 
 static PyObject *call_impl(module_state *st, erpy_bridge *b, erpy_worker *w,
-                           PyObject *const *args, Py_ssize_t nargs, PyObject *timeout);
+                           PyObject *const *args, Py_ssize_t nargs, const call_limit *lim);
 
 /* call(name, *args, timeout=None) */
 static PyObject *
@@ -605,19 +661,21 @@ m_call(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwn
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *timeout;
     if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "call() missing the function name");
+        PyErr_SetString(PyExc_TypeError, "call() missing its first argument, the function name");
         return NULL;
     }
-    if (parse_timeout_kw(args, nargs, kwnames, &timeout, "call") < 0)
+    call_limit lim;
+    if (parse_timeout_kw(args, nargs, kwnames, &timeout, "call") < 0 ||
+        call_limit_of(st, timeout, &lim) < 0)
         return NULL;
     /* Before the worker is taken: starting may run on_start, which calls. */
-    erpy_bridge *b = live_bridge(st);
+    erpy_bridge *b = live_bridge(st, &lim);
     if (b == NULL)
         return NULL;
     PyObject *res = NULL;
     erpy_worker *w = my_worker();
     if (w != NULL)
-        res = release_worker(w, call_impl(st, b, w, args, nargs, timeout));
+        res = release_worker(w, call_impl(st, b, w, args, nargs, &lim));
     bridge_unref(b);
     return res;
 }
@@ -625,7 +683,7 @@ m_call(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwn
 /* Encodes {Name, Args} and makes the round trip. */
 static PyObject *
 call_impl(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *const *args,
-          Py_ssize_t nargs, PyObject *timeout)
+          Py_ssize_t nargs, const call_limit *lim)
 {
     if (begin_frame(w, ERPY_K_CALL) < 0)
         return NULL;
@@ -651,7 +709,7 @@ call_impl(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *const *arg
     if (erpy_buf_reserve(&w->out, 1) < 0)
         return NULL;
     w->out.data[w->out.len++] = 106;  /* NIL_EXT */
-    return roundtrip(st, b, w, timeout);
+    return roundtrip(st, b, w, lim);
 }
 
 /* _request(kind, payload, timeout): APPLY and EVAL; payload is encoded as is. */
@@ -667,7 +725,10 @@ m_request(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "bad request kind");
         return NULL;
     }
-    erpy_bridge *b = live_bridge(st);
+    call_limit lim;
+    if (call_limit_of(st, timeout, &lim) < 0)
+        return NULL;
+    erpy_bridge *b = live_bridge(st, &lim);
     if (b == NULL)
         return NULL;
     PyObject *res = NULL;
@@ -676,7 +737,7 @@ m_request(PyObject *module, PyObject *args)
         if (begin_frame(w, kind) < 0 || erpy_encode(&st->codec, &w->out, payload) < 0)
             res = release_worker(w, NULL);
         else
-            res = release_worker(w, roundtrip(st, b, w, timeout));
+            res = release_worker(w, roundtrip(st, b, w, &lim));
     }
     bridge_unref(b);
     return res;

@@ -101,6 +101,8 @@ UNENCODABLE = [
     ("deep-list", deep(lambda x: [x]), RecursionError),
     ("deep-tuple", deep(lambda x: (x,)), RecursionError),
     ("deep-dict", deep(lambda x: {"k": x}), RecursionError),
+    ("dict-keys-one-term", {b"a": 1, "a": 2}, ValueError),
+    ("dict-none-and-undefined", {None: 1, erlang.Atom("undefined"): 2}, ValueError),
     # past the emulator's integer limit (binary_to_term would say badarg)
     ("int-too-large", 1 << ERLANG_INT_MAX_BITS, ValueError),
     ("negative-int-too-large", -(1 << ERLANG_INT_MAX_BITS), ValueError),

@@ -429,6 +429,35 @@ def test_map_keys_that_collide_in_python_raise_value_error():
         b2t(data)
 
 
+@pytest.mark.parametrize("d", [
+    {b"a": 1, "a": 2},
+    {"a": 1, BitString(b"a", 8): 2},
+    {memoryview(b"ab"): 1, "ab": 2},
+    {None: 1, Atom("undefined"): 2},
+    {True: 1, Atom("true"): 2},
+    {("a", 1): 1, (b"a", 1): 2},
+    {"k": 0, type("S", (str,), {})("k2"): 1, b"k2": 2},
+], ids=["str-bytes", "str-bitstring", "memoryview-str", "none-undefined", "true-atom",
+        "tuples", "str-subclass"])
+def test_dict_keys_that_are_one_erlang_term_raise_value_error(d):
+    # Distinct in Python, equal in Erlang: no map can hold both.
+    with pytest.raises(ValueError, match="same Erlang term"):
+        t2b(d)
+    with pytest.raises(ValueError, match="same Erlang term"):
+        t2b([1, {"nested": d}])
+
+
+def test_dict_keys_of_mixed_types_that_stay_distinct_encode_as_erlang_does():
+    d = {"a": 1, b"b": 2, None: 3, Atom("x"): 4, (1, "t"): 5, 1.5: 6, 7: 7, True: 8}
+    out = b2t(t2b(d), binaries="bytes")
+    assert out == {b"a": 1, b"b": 2, None: 3, "x": 4, (1, b"t"): 5, 1.5: 6, 7: 7, True: 8}
+    # Erlang agrees that the map is well formed and has 8 keys.
+    assert erlang.apply("erlang", "map_size", [d]) == 8
+    big = {("k", i): i for i in range(5000)}
+    big.update({(b"j", i): -i for i in range(5000)})
+    assert len(b2t(t2b(big))) == 10000
+
+
 # ----------------------------------------------------- ImproperList, BitString
 
 

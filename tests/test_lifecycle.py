@@ -191,6 +191,100 @@ def test_env_option_reaches_the_helper(restore_helper):
     assert erlang.eval('os:getenv("ERLANG_PY_TEST_VAR").') == list(b"hello")
 
 
+@pytest.mark.parametrize("option, exc", [
+    ({"env": {"A": None}}, TypeError),
+    ({"env": {b"A": b"1"}}, TypeError),
+    ({"env": {1: 2}}, TypeError),
+    ({"env": {"A=B": "1"}}, ValueError),
+    ({"env": {"": "1"}}, ValueError),
+    ({"env": {"A": "x\0y"}}, ValueError),
+    ({"env": ["A"]}, TypeError),
+    ({"erl": 1}, TypeError),
+    ({"modules": ["/nonexistent/mod.erl"]}, FileNotFoundError),
+    ({"timeout": True}, ValueError),
+    ({"call_timeout": True}, ValueError),
+    ({"binaries": None}, ValueError),
+], ids=lambda v: repr(v) if not isinstance(v, type) else v.__name__)
+def test_bad_start_options_raise_before_anything_starts(option, exc):
+    pid = helper_pid()
+    with pytest.raises(exc):
+        erlang.start(**option)
+    assert helper_pid() == pid
+    assert erlang.call("double_it", 1) == 2
+
+
+def test_erl_option_takes_a_path_object_and_huge_timeouts(restore_helper):
+    import pathlib
+    erl = pathlib.Path(shutil.which("erl"))
+    erlang.stop()
+    erlang.start(erl=erl, timeout=10 ** 400, call_timeout=10 ** 400,
+                 on_start=register_functions)
+    assert erlang.call("double_it", 21) == 42
+    assert erlang.eval("1 + 1.", timeout=10 ** 400) == 2
+    with pytest.raises(ValueError):
+        erlang.eval("1.", timeout=-10 ** 400)
+    with pytest.raises(TypeError):
+        erlang.eval("1.", timeout=True)
+    assert erlang.stop(timeout=10 ** 400) is True
+
+
+def test_after_a_failed_start_the_next_call_tries_the_same_options(restore_helper):
+    calls = []
+
+    def on_start():
+        calls.append(1)
+        raise ValueError("not today")
+
+    erlang.stop()
+    with pytest.raises(ValueError, match="not today"):
+        erlang.start(on_start=on_start)
+    # Never silently a helper with other options: the next call tries these.
+    with pytest.raises(ValueError, match="not today"):
+        erlang.eval("1.")
+    assert len(calls) == 2 and not erlang.is_running()
+    erlang.start(on_start=register_functions)
+    assert erlang.call("double_it", 2) == 4
+
+
+def test_a_thread_started_by_on_start_waits_for_the_start_no_longer_than_its_timeout(
+        restore_helper):
+    got = {}
+
+    def caller():
+        t0 = time.monotonic()
+        try:
+            got["result"] = erlang.call("double_it", 1, timeout=0.5)
+        except erlang.CallTimeout as e:
+            got["error"] = str(e)
+        got["took"] = time.monotonic() - t0
+
+    def on_start():
+        register_functions()
+        t = threading.Thread(target=caller)
+        t.start()
+        t.join(10)               # the start is not over until on_start returns
+        got["joined"] = not t.is_alive()
+
+    erlang.stop()
+    erlang.start(on_start=on_start)
+    assert got["joined"] and "result" not in got
+    assert "another thread was still starting the helper" in got["error"]
+    assert 0.45 < got["took"] < 5
+    # Without a timeout it waits for the start, then calls.
+    erlang.stop()
+    out = []
+
+    def on_start2():
+        register_functions()
+        t = threading.Thread(target=lambda: out.append(erlang.call("double_it", 5)))
+        t.start()
+        got["thread"] = t
+
+    erlang.start(on_start=on_start2)
+    got["thread"].join(30)
+    assert out == [10]
+
+
 def test_binaries_bytes_option_decodes_binaries_as_bytes(restore_helper):
     erlang.stop()
     erlang.start(binaries="bytes", on_start=register_functions)
