@@ -662,31 +662,33 @@ enc_tuple(erpy_enc *e, PyObject *obj)
 /* Keys distinct in Python can be one term in Erlang: 'a' and b'a' (both
  * <<"a">>), None and Atom('undefined'), ('a',) and (b'a',).  Erlang refuses
  * a map with a repeated key, so such a dict must fail here, before sending.
- * Checking costs a hash of every encoded key; it is skipped for the dicts
- * whose key types cannot collide (str or bytes with ints and floats, atoms
- * with ints and floats), which is nearly all of them. */
+ * While encoding, each key's type is noted (a few pointer compares); only
+ * when the types seen can collide (str with bytes, atoms with None/bool,
+ * anything but those and int/float) are the keys encoded again, apart, and
+ * their bytes compared.  Nearly all dicts skip that. */
 enum { K_STR = 1, K_BYTES = 2, K_ATOM = 4, K_SINGLETON = 8, K_OTHER = 16 };
 
-static int
-dict_keys_may_collide(erpy_enc *e, PyObject *obj)
+static inline int
+key_kind(erpy_enc *e, PyObject *k)
 {
-    Py_ssize_t pos = 0;
-    PyObject *k, *v;
-    int seen = 0;
-    while (PyDict_Next(obj, &pos, &k, &v)) {
-        PyTypeObject *t = Py_TYPE(k);
-        if (t == &PyUnicode_Type)
-            seen |= K_STR;
-        else if (t == &PyBytes_Type)
-            seen |= K_BYTES;
-        else if (t == (PyTypeObject *)e->c->Atom)
-            seen |= K_ATOM;
-        else if (k == Py_None || t == &PyBool_Type)
-            seen |= K_SINGLETON;
-        else if (t != &PyLong_Type && t != &PyFloat_Type)
-            return 1;
-    }
-    return (seen & (K_STR | K_BYTES)) == (K_STR | K_BYTES) ||
+    PyTypeObject *t = Py_TYPE(k);
+    if (t == &PyUnicode_Type)
+        return K_STR;
+    if (t == (PyTypeObject *)e->c->Atom)
+        return K_ATOM;
+    if (t == &PyLong_Type || t == &PyFloat_Type)
+        return 0;
+    if (t == &PyBytes_Type)
+        return K_BYTES;
+    if (k == Py_None || t == &PyBool_Type)
+        return K_SINGLETON;
+    return K_OTHER;
+}
+
+static inline int
+kinds_may_collide(int seen)
+{
+    return (seen & K_OTHER) || (seen & (K_STR | K_BYTES)) == (K_STR | K_BYTES) ||
            (seen & (K_ATOM | K_SINGLETON)) == (K_ATOM | K_SINGLETON);
 }
 
@@ -699,65 +701,71 @@ span_hash(const char *p, size_t n)
     return h;
 }
 
-/* The key of obj at iteration index i, a new reference (NULL if gone). */
-static PyObject *
-dict_key_at(PyObject *obj, Py_ssize_t i)
+/* Raises ValueError naming keys a and b.  Returns -1. */
+static int
+keys_collide(PyObject *a, PyObject *b)
 {
-    Py_ssize_t pos = 0;
-    PyObject *k, *v;
-    for (Py_ssize_t j = 0; PyDict_Next(obj, &pos, &k, &v); j++)
-        if (j == i) {
-            Py_INCREF(k);
-            return k;
-        }
-    return NULL;
+    PyErr_Format(PyExc_ValueError,
+                 "dict keys %.200R and %.200R are the same Erlang term; "
+                 "a map cannot hold both", a, b);
+    return -1;
 }
 
-/* Raises ValueError if two of the n encoded keys (key i spans off[2i] to
- * off[2i + 1] in the buffer) are the same bytes, i.e. the same term. */
+/* Encodes the n keys of obj again, into a buffer of their own, and raises
+ * ValueError if two of them are the same bytes, i.e. the same term. */
 static int
-check_distinct_keys(erpy_enc *e, PyObject *obj, const size_t *off, Py_ssize_t n)
+check_distinct_keys(erpy_enc *e, PyObject *obj, Py_ssize_t n)
 {
+    erpy_buf tmp = {0};
+    erpy_enc te = {e->c, &tmp, e->depth};
+    size_t *off = PyMem_Malloc((2 * (size_t)n + 1) * sizeof *off);
+    PyObject **keys = PyMem_Malloc((size_t)n * sizeof *keys);
     size_t cap = 16;
     while (cap < 2 * (size_t)n)
         cap *= 2;
     Py_ssize_t *slot = PyMem_Malloc(cap * sizeof *slot);
-    if (slot == NULL) {
+    int rc = -1;
+    Py_ssize_t got = 0;
+    if (off == NULL || keys == NULL || slot == NULL) {
         PyErr_NoMemory();
-        return -1;
+        goto done;
     }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (got < n && PyDict_Next(obj, &pos, &k, &v)) {
+        Py_INCREF(k);
+        keys[got] = k;
+        off[got] = tmp.len;
+        got++;
+        if (enc_term(&te, k) < 0)
+            goto done;
+    }
+    off[got] = tmp.len;
     for (size_t i = 0; i < cap; i++)
         slot[i] = -1;
-    const char *d = e->b->data;
-    int rc = 0;
-    for (Py_ssize_t i = 0; i < n && rc == 0; i++) {
-        size_t len = off[2 * i + 1] - off[2 * i];
-        size_t h = (size_t)span_hash(d + off[2 * i], len) & (cap - 1);
+    for (Py_ssize_t i = 0; i < got; i++) {
+        size_t len = off[i + 1] - off[i];
+        size_t h = (size_t)span_hash(tmp.data + off[i], len) & (cap - 1);
         for (;; h = (h + 1) & (cap - 1)) {
             Py_ssize_t j = slot[h];
             if (j < 0) {
                 slot[h] = i;
                 break;
             }
-            if (off[2 * j + 1] - off[2 * j] == len &&
-                memcmp(d + off[2 * j], d + off[2 * i], len) == 0) {
-                PyObject *a = dict_key_at(obj, j), *b = dict_key_at(obj, i);
-                if (a != NULL && b != NULL)
-                    PyErr_Format(PyExc_ValueError,
-                                 "dict keys %.200R and %.200R are the same Erlang term; "
-                                 "a map cannot hold both", a, b);
-                else
-                    PyErr_SetString(PyExc_ValueError,
-                                    "two dict keys are the same Erlang term; "
-                                    "a map cannot hold both");
-                Py_XDECREF(a);
-                Py_XDECREF(b);
-                rc = -1;
-                break;
+            if (off[j + 1] - off[j] == len && memcmp(tmp.data + off[j], tmp.data + off[i], len) == 0) {
+                keys_collide(keys[j], keys[i]);
+                goto done;
             }
         }
     }
+    rc = 0;
+done:
+    for (Py_ssize_t i = 0; i < got; i++)
+        Py_DECREF(keys[i]);
     PyMem_Free(slot);
+    PyMem_Free(keys);
+    PyMem_Free(off);
+    erpy_buf_free(&tmp);
     return rc;
 }
 
@@ -770,31 +778,18 @@ enc_dict(erpy_enc *e, PyObject *obj)
         return -1;
     if (n == 0)
         return 0;
-    size_t *off = NULL;   /* where each key's encoding starts and ends */
-    if (n > 1 && dict_keys_may_collide(e, obj)) {
-        off = PyMem_Malloc(2 * (size_t)n * sizeof *off);
-        if (off == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-    }
-    if (enc_enter(e) < 0) {
-        PyMem_Free(off);
+    if (enc_enter(e) < 0)
         return -1;
-    }
     Py_ssize_t pos = 0, count = 0;
     PyObject *k, *v;
-    int rc = 0;
+    int rc = 0, seen = 0;
     while (PyDict_Next(obj, &pos, &k, &v)) {
         if (++count > n)
             break;
+        seen |= key_kind(e, k);
         Py_INCREF(k);
         Py_INCREF(v);
-        if (off)
-            off[2 * (count - 1)] = e->b->len;
         rc = enc_term(e, k);
-        if (off)
-            off[2 * (count - 1) + 1] = e->b->len;
         if (rc == 0)
             rc = enc_term(e, v);
         Py_DECREF(k);
@@ -802,14 +797,13 @@ enc_dict(erpy_enc *e, PyObject *obj)
         if (rc < 0)
             break;
     }
-    enc_leave(e);
     if (rc == 0 && (count != n || PyDict_GET_SIZE(obj) != n)) {
         PyErr_SetString(PyExc_RuntimeError, "dict changed size during encoding");
         rc = -1;
     }
-    if (rc == 0 && off)
-        rc = check_distinct_keys(e, obj, off, n);
-    PyMem_Free(off);
+    if (rc == 0 && n > 1 && kinds_may_collide(seen))
+        rc = check_distinct_keys(e, obj, n);
+    enc_leave(e);
     return rc;
 }
 
