@@ -29,6 +29,7 @@ _options = {}                  # options of the last explicit start()
 _pump = None
 _pump_stop = False
 _forked = False                # this process is a fork of one that had a helper
+_exiting = False               # the interpreter is exiting: start no helper
 
 
 def _find_erl(erl):
@@ -199,6 +200,8 @@ def autostart(wait=None):
         return False
     try:
         if not _erlang.is_running():
+            if _exiting:
+                raise HelperExited("the Erlang helper was stopped: the interpreter is exiting")
             if _forked and _options.get("after_fork") == "error":
                 raise HelperExited(
                     "this process is a fork of the one that started the Erlang helper, "
@@ -280,10 +283,17 @@ def _drain_output():
 
 @atexit.register
 def _at_exit():
-    global _pump_stop
+    global _pump_stop, _exiting
+    # Daemon threads may still call: none of them may start a helper now
+    # (it would outlive the interpreter).  A start already under way in one
+    # of them ends first, so that its helper is the one stopped here.
+    _exiting = True
+    locked = _lock.acquire(timeout=5.0)
     try:
         _erlang._stop(2.0)
     finally:
+        if locked:
+            _lock.release()
         _pump_stop = True
         _erlang._wake_output()
         _drain_output()

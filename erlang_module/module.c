@@ -333,7 +333,7 @@ deadline_from(module_state *st, PyObject *timeout, uint64_t *deadline_ns)
     return 0;
 }
 
-enum { T_ZERO, T_NO_REPLY, T_STARTING };
+enum { T_ZERO, T_NO_REPLY, T_STARTING, T_UNSENT };
 
 /* Raises CallTimeout, naming the limit that elapsed.  Returns NULL. */
 static PyObject *
@@ -345,6 +345,8 @@ raise_timeout(module_state *st, PyObject *timeout, int why)
         [T_STARTING] = "%s=%g s passed while another thread was still starting the "
                        "helper (its modules or on_start had not finished): "
                        "the call was not sent",
+        [T_UNSENT] = "%s=%g s passed while another call was still writing a large "
+                     "request to the helper: the call was not sent",
     };
     int own = timeout != NULL && timeout != Py_None;
     double t = own ? PyFloat_AsDouble(timeout) : st->call_timeout;
@@ -412,20 +414,13 @@ live_bridge(module_state *st, const call_limit *lim)
     return b;
 }
 
-/* Sends CANCEL for (w, seq) so the helper kills the handler still running it. */
+/* Sends CANCEL for (w, seq) so the helper kills the handler still running
+ * it; never blocks (transport.c queues it behind a write in progress). */
 static void
 send_cancel(erpy_bridge *b, erpy_worker *w, uint32_t seq)
 {
-    char f[4 + ERPY_HEADER_SIZE + 2];
-    uint32_t blen = ERPY_HEADER_SIZE + 2;
-    erpy_put_be32(f, blen);
-    f[4] = ERPY_K_CANCEL;
-    erpy_put_be32(f + 5, w->id);
-    erpy_put_be32(f + 9, seq);
-    f[13] = (char)131;
-    f[14] = 106;   /* NIL_EXT: [] */
     Py_BEGIN_ALLOW_THREADS
-    erpy_bridge_write(b, f, sizeof f);
+    erpy_bridge_cancel(b, w->id, seq);
     Py_END_ALLOW_THREADS
 }
 
@@ -543,9 +538,18 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *li
     int r;
     /* One GIL release for sending and the first wait: under contention every
      * release/acquire is a hand-off between threads. */
-    Py_BEGIN_ALLOW_THREADS
-    r = erpy_call(b, w, seq, w->out.data, w->out.len, deadline, slice, &f);
-    Py_END_ALLOW_THREADS
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = erpy_call(b, w, seq, w->out.data, w->out.len, deadline, slice, &f);
+        Py_END_ALLOW_THREADS
+        if (r != ERPY_W_UNSENT)
+            break;
+        /* Another call's write held the channel: nothing was sent. */
+        if (deadline && erpy_now_ns() >= deadline)
+            return raise_timeout(st, timeout, T_UNSENT);
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
     for (;;) {
         switch (r) {
         case ERPY_W_REPLY:

@@ -899,7 +899,15 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
     pthread_mutex_lock(&b->lock);
     b->stopping = 1;
     pthread_mutex_unlock(&b->lock);
-    pthread_mutex_lock(&b->wlock);
+    /* A write in progress to a helper that does not read (stopped, or
+     * swamped) could hold wlock for ever: after timeout_ms, kill the helper,
+     * which ends that write with EPIPE. */
+    uint64_t until = erpy_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ULL;
+    struct timespec wts = {(time_t)(until / 1000000000ULL), (long)(until % 1000000000ULL)};
+    if (pthread_mutex_clocklock(&b->wlock, CLOCK_MONOTONIC, &wts) != 0) {
+        erpy_bridge_kill(b);
+        pthread_mutex_lock(&b->wlock);
+    }
     if (b->to_fd >= 0) {
         close(b->to_fd);     /* stdin EOF: the helper halts at once */
         b->to_fd = -1;
@@ -965,28 +973,112 @@ erpy_bridge_free(erpy_bridge *b)
     free(b);
 }
 
-int
-erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len)
+/* Writes all of buf to the non-blocking to_fd, waiting in poll() while the
+ * pipe is full.  wlock held.  Returns 0 or an errno value. */
+static int
+write_all(erpy_bridge *b, const char *buf, size_t len)
 {
-    int rc = 0;
-    pthread_mutex_lock(&b->wlock);
-    if (b->to_fd < 0) {
-        rc = EPIPE;
-    } else {
-        while (len > 0) {
-            ssize_t n = write(b->to_fd, buf, len);
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                rc = errno;
-                break;
-            }
-            buf += n;
-            len -= (size_t)n;
+    while (len > 0) {
+        ssize_t n = write(b->to_fd, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
+                return errno;
+            struct pollfd p = {b->to_fd, POLLOUT, 0};
+            if (poll(&p, 1, -1) < 0 && errno != EINTR)
+                return errno;
+            continue;
         }
+        buf += n;
+        len -= (size_t)n;
     }
+    return 0;
+}
+
+/* Writes the pending CANCEL frames if the pipe has room for them now (at
+ * most 64 x 15 bytes: under PIPE_BUF, so all or nothing).  wlock held.
+ * Returns how many were written. */
+static int
+flush_cancels(erpy_bridge *b)
+{
+    char f[64 * (4 + ERPY_HEADER_SIZE + 2)];
+    const size_t one = 4 + ERPY_HEADER_SIZE + 2;
+    pthread_mutex_lock(&b->lock);
+    int n = b->n_cancels;
+    for (int i = 0; i < n; i++) {
+        char *x = f + (size_t)i * one;
+        erpy_put_be32(x, ERPY_HEADER_SIZE + 2);
+        x[4] = ERPY_K_CANCEL;
+        erpy_put_be32(x + 5, b->cancels[i][0]);
+        erpy_put_be32(x + 9, b->cancels[i][1]);
+        x[13] = (char)131;
+        x[14] = 106;   /* NIL_EXT: [] */
+    }
+    pthread_mutex_unlock(&b->lock);
+    if (n == 0 || b->to_fd < 0)
+        return 0;
+    ssize_t w;
+    do
+        w = write(b->to_fd, f, (size_t)n * one);
+    while (w < 0 && errno == EINTR);
+    if (w != (ssize_t)((size_t)n * one))
+        return 0;   /* EAGAIN: no room yet; the next writer tries again */
+    pthread_mutex_lock(&b->lock);
+    b->n_cancels -= n;
+    memmove(b->cancels, b->cancels + n, (size_t)b->n_cancels * sizeof b->cancels[0]);
+    __atomic_store_n(&b->n_cancels, b->n_cancels, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&b->lock);
+    return n;
+}
+
+/* After letting go of wlock: pending cancels queued while it was held are
+ * written by whoever can take it now. */
+static void
+flush_cancels_unlocked(erpy_bridge *b)
+{
+    while (__atomic_load_n(&b->n_cancels, __ATOMIC_SEQ_CST) > 0 &&
+           pthread_mutex_trylock(&b->wlock) == 0) {
+        int done = flush_cancels(b);
+        pthread_mutex_unlock(&b->wlock);
+        if (done == 0)
+            break;
+    }
+}
+
+int
+erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len, uint64_t until_ns)
+{
+    int rc;
+    if (until_ns == UINT64_MAX) {
+        pthread_mutex_lock(&b->wlock);
+    } else {
+        struct timespec ts = {(time_t)(until_ns / 1000000000ULL),
+                              (long)(until_ns % 1000000000ULL)};
+        if (pthread_mutex_clocklock(&b->wlock, CLOCK_MONOTONIC, &ts) != 0)
+            return ETIMEDOUT;
+    }
+    rc = b->to_fd < 0 ? EPIPE : write_all(b, buf, len);
+    if (rc == 0 && __atomic_load_n(&b->n_cancels, __ATOMIC_SEQ_CST) > 0)
+        (void)flush_cancels(b);
     pthread_mutex_unlock(&b->wlock);
+    flush_cancels_unlocked(b);
     return rc;
+}
+
+void
+erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq)
+{
+    pthread_mutex_lock(&b->lock);
+    /* A full queue drops the cancel: the helper then lets that call run to
+     * its end, and its late reply is dropped as stale like any other. */
+    if (b->n_cancels < (int)(sizeof b->cancels / sizeof b->cancels[0])) {
+        b->cancels[b->n_cancels][0] = worker;
+        b->cancels[b->n_cancels][1] = seq;
+        __atomic_store_n(&b->n_cancels, b->n_cancels + 1, __ATOMIC_SEQ_CST);
+    }
+    pthread_mutex_unlock(&b->lock);
+    flush_cancels_unlocked(b);
 }
 
 /* ---------------------------------------------------------------- waiting */
@@ -1136,9 +1228,15 @@ erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t 
         wake_fd(b->bg_pipe[1]);   /* ask the background reader to step down */
     int leading = b->leader == w;
     pthread_mutex_unlock(&b->lock);
-    /* A failed write means the helper is gone: the reader sees EOF and the
+    /* Another call's long write may hold the channel: wait for it no longer
+     * than the deadline or slice, then report that nothing was sent.  A
+     * failed write means the helper is gone: the reader sees EOF and the
      * wait reports it. */
-    (void)erpy_bridge_write(b, buf, len);
+    uint64_t wuntil = deadline_ns && deadline_ns < slice_end ? deadline_ns : slice_end;
+    if (erpy_bridge_write(b, buf, len, wuntil) == ETIMEDOUT) {
+        erpy_wait_abandon(b, w);
+        return ERPY_W_UNSENT;
+    }
     if (leading) {
         /* The common case of a lone caller: read the reply straight away,
          * without taking the lock just to find out that it is not there. */

@@ -54,7 +54,7 @@ typedef struct erpy_worker {
 typedef struct erpy_bridge {
     pid_t pid;                    /* 0 after reaping or in a forked child */
     int to_fd, from_fd, err_fd;
-    pthread_mutex_t wlock;        /* serialises writes to to_fd */
+    pthread_mutex_t wlock;        /* serialises writes to to_fd (non-blocking) */
     pthread_mutex_t lock;         /* everything below unless said otherwise */
     pthread_cond_t cond;          /* hello / dead / threads done */
     erpy_worker *leader;          /* who reads from_fd now: a worker, ERPY_BG or NULL */
@@ -83,6 +83,10 @@ typedef struct erpy_bridge {
     char tail[4096];
     size_t tail_len;
     int err_eof;
+    /* CANCEL frames (worker, seq) that found the write lock taken: written
+     * by whoever holds it next.  Under lock; n_cancels also read without. */
+    uint32_t cancels[64][2];
+    int n_cancels;
 } erpy_bridge;
 
 #define ERPY_BG ((erpy_worker *)1)
@@ -126,9 +130,15 @@ void erpy_bridge_kill(erpy_bridge *b);
 /* Copies the stderr tail into dst (NUL-terminated), returns its length. */
 size_t erpy_bridge_stderr_tail(erpy_bridge *b, char *dst, size_t cap);
 
-/* Writes buf (a complete frame) to the helper.  Returns 0 or an errno value
- * (EPIPE when the helper is gone). */
-int erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len);
+/* Writes buf (a complete frame) to the helper, if the write lock can be had
+ * before until_ns (CLOCK_MONOTONIC; UINT64_MAX: no limit).  A frame once
+ * begun is always finished.  Returns 0, ETIMEDOUT (nothing written) or an
+ * errno value (EPIPE when the helper is gone). */
+int erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len, uint64_t until_ns);
+
+/* Sends CANCEL for (worker, seq) without ever blocking: when the write lock
+ * is taken, or the pipe is full, the frame waits for the next writer. */
+void erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq);
 
 /* Results of erpy_call and erpy_wait. */
 enum {
@@ -138,6 +148,8 @@ enum {
     ERPY_W_TIMEOUT,       /* deadline passed; deregistered, late replies will be dropped */
     ERPY_W_SLICE,         /* slice_ms passed (or EINTR): check signals, then erpy_wait again */
     ERPY_W_NOT_SENT,      /* b was already dead: nothing written, not registered */
+    ERPY_W_UNSENT,        /* another call's write held the channel past the deadline or
+                           * slice: nothing written, deregistered; check signals, retry */
 };
 
 /* Registers w as waiting for (b, seq), writes the request frame buf (header

@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -738,3 +739,94 @@ def test_exit_with_daemon_and_non_daemon_calls_in_flight_is_prompt_and_clean(how
         assert bad not in proc.stderr
     # No orphan BEAM: the helper (and its erl_child_setup) are gone.
     assert wait_gone(pid, 5) is not None, "helper %d outlived the interpreter" % pid
+
+
+DAEMONS_CALLING_AT_EXIT = """
+import sys, threading, time
+import erlang
+erlang.start(env={"ERLANG_PY_TEST_MARK": sys.argv[1]})
+
+def loop():
+    while True:
+        try:
+            erlang.apply("erlang", "node", [])
+        except Exception:
+            pass
+
+for _ in range(4):
+    threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.2)
+"""
+
+
+def beams_marked(mark):
+    """BEAM processes (any parent) whose environment holds mark."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as f:
+                env = f.read()
+            with open("/proc/%s/stat" % name) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if ("ERLANG_PY_TEST_MARK=" + mark).encode() in env.split(b"\0") and state != "Z":
+            found.append(int(name))
+    return found
+
+
+def test_daemon_threads_calling_at_exit_never_start_a_helper_that_outlives_python():
+    # At exit the helper is stopped; a daemon thread calling after that must
+    # not start another one (it would be an orphan).
+    mark = uuid.uuid4().hex
+    for _ in range(8):
+        proc = run_python(DAEMONS_CALLING_AT_EXIT, mark, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "Fatal Python error" not in proc.stderr
+        assert beams_marked(mark) == []
+
+
+# ------------------------------------------- 6. a helper that does not read
+
+def test_a_helper_that_stops_reading_cannot_hold_up_timeouts_or_stop(restore_helper):
+    # The helper is stopped (SIGSTOP) while a 4 MiB request is half written:
+    # the writer holds the channel.  Other calls still time out on time,
+    # without sending; stop() kills the helper after its timeout.
+    pid = helper_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        got = {}
+
+        def big():
+            try:
+                got["big"] = erlang.call("echo", b"x" * (4 << 20))
+            except Exception as e:   # noqa: BLE001 -- recorded and checked below
+                got["big"] = e
+
+        t = threading.Thread(target=big)
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        with pytest.raises(erlang.CallTimeout, match="not sent"):
+            erlang.call("echo", 1, timeout=0.3)
+        assert 0.25 < time.monotonic() - t0 < 2.0
+        # Ctrl-C reaches a main thread that waits for the channel.
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            erlang.call("echo", 2)
+        assert time.monotonic() - t0 < 2.0
+        t0 = time.monotonic()
+        assert erlang.stop(timeout=0.5) is True
+        assert time.monotonic() - t0 < 3.0
+        t.join(10)
+        assert not t.is_alive()
+        assert isinstance(got["big"], erlang.HelperExited)
+        assert wait_gone(pid, 5) is not None
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
