@@ -1025,9 +1025,9 @@ flush_cancels(erpy_bridge *b)
     if (w != (ssize_t)((size_t)n * one))
         return 0;   /* EAGAIN: no room yet; the next writer tries again */
     pthread_mutex_lock(&b->lock);
-    b->n_cancels -= n;
-    memmove(b->cancels, b->cancels + n, (size_t)b->n_cancels * sizeof b->cancels[0]);
-    __atomic_store_n(&b->n_cancels, b->n_cancels, __ATOMIC_SEQ_CST);
+    int left = b->n_cancels - n;   /* others may have queued more meanwhile */
+    memmove(b->cancels, b->cancels + n, (size_t)left * sizeof b->cancels[0]);
+    __atomic_store_n(&b->n_cancels, left, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&b->lock);
     return n;
 }
@@ -1072,10 +1072,11 @@ erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq)
     pthread_mutex_lock(&b->lock);
     /* A full queue drops the cancel: the helper then lets that call run to
      * its end, and its late reply is dropped as stale like any other. */
-    if (b->n_cancels < (int)(sizeof b->cancels / sizeof b->cancels[0])) {
-        b->cancels[b->n_cancels][0] = worker;
-        b->cancels[b->n_cancels][1] = seq;
-        __atomic_store_n(&b->n_cancels, b->n_cancels + 1, __ATOMIC_SEQ_CST);
+    int n = b->n_cancels;   /* only changed under lock */
+    if (n < (int)(sizeof b->cancels / sizeof b->cancels[0])) {
+        b->cancels[n][0] = worker;
+        b->cancels[n][1] = seq;
+        __atomic_store_n(&b->n_cancels, n + 1, __ATOMIC_SEQ_CST);
     }
     pthread_mutex_unlock(&b->lock);
     flush_cancels_unlocked(b);

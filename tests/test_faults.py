@@ -830,3 +830,43 @@ def test_a_helper_that_stops_reading_cannot_hold_up_timeouts_or_stop(restore_hel
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+
+
+def test_a_cancel_queued_behind_a_blocked_write_still_reaches_the_helper(restore_helper):
+    # A call times out while another call's write holds the channel: its
+    # CANCEL waits for that write and is then sent, so the abandoned call's
+    # side effect (due 1.2 s after it started) never happens.
+    erlang.eval(
+        "py:register_function(slow_mark2, fun([Ms]) -> timer:sleep(Ms),"
+        " persistent_term:put(py_test_slow_mark2, done), done end)."
+    )
+    erlang.eval("persistent_term:erase(py_test_slow_mark2).")
+    pid = helper_pid()
+    got = {}
+
+    def slow():
+        try:
+            erlang.call("slow_mark2", 1200, timeout=0.4)
+        except erlang.CallTimeout as e:
+            got["slow"] = e
+
+    def big():
+        got["big"] = len(erlang.call("echo", b"z" * (4 << 20)))
+
+    ts = threading.Thread(target=slow)
+    ts.start()
+    time.sleep(0.1)                       # slow_mark2 is running in the helper
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        tb = threading.Thread(target=big)
+        tb.start()
+        time.sleep(0.2)                   # the 4 MiB write is stuck, holding the channel
+        ts.join(5)                        # the slow call times out: CANCEL is queued
+        assert isinstance(got.get("slow"), erlang.CallTimeout)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    tb.join(30)
+    assert got["big"] == 4 << 20
+    time.sleep(1.5)
+    assert erlang.eval("persistent_term:get(py_test_slow_mark2, not_done).") == "not_done"
+    assert helper_pid() == pid
