@@ -52,8 +52,14 @@ def _check(options):
         v = options.get(key)
         if isinstance(v, (str, bytes)):
             raise TypeError("start option %r must be a list of strings, not a string" % key)
-    for d in options.get("code_path") or ():
-        _check_code_dir(d)
+    code_path = options.get("code_path") or ()
+    if code_path:
+        try:
+            own = set(os.listdir(EBIN))
+        except OSError:
+            own = set()
+        for d in code_path:
+            _check_code_dir(d, own)
     erl = options.get("erl")
     if erl is not None and not isinstance(erl, (str, bytes, os.PathLike)):
         raise TypeError("start option 'erl' must be a path, not %s" % type(erl).__name__)
@@ -103,19 +109,15 @@ def _check_env(env):
                              "non-empty without '='; neither may hold NUL)" % (k, v))
 
 
-def _check_code_dir(d):
-    """A code_path directory must not hold a module of the helper's own: it
-    could be loaded instead of the helper's and break it."""
+def _check_code_dir(d, own):
+    """A code_path directory must not hold a module of the helper's own (a
+    name in `own`): it could be loaded instead of the helper's and break it."""
     try:
         names = os.listdir(os.fspath(d))
     except TypeError:
         raise TypeError("code_path entries must be paths, not %s" % type(d).__name__) from None
     except OSError:
         return          # erl ignores a missing directory; so do we
-    try:
-        own = set(os.listdir(EBIN))
-    except OSError:
-        own = set()
     clash = sorted(n for n in names if n.endswith(".beam") and n in own)
     if clash:
         raise ValueError(

@@ -286,14 +286,25 @@ stop_bridge(erpy_bridge *b, int timeout_ms)
  * nanoseconds past it would overflow. */
 #define TIMEOUT_MAX_S 1e9
 
-/* Converts a timeout argument to an absolute deadline.  Returns 0 (with
- * *deadline_ns 0 for none), 1 for a timeout of 0 (no time to wait: the
- * caller raises CallTimeout without sending) or -1 with an exception set. */
+/* A call's time limit, from its timeout argument (None: the call_timeout
+ * start option).  deadline: CLOCK_MONOTONIC ns, 0 for none; zero: a timeout
+ * of 0, no time to wait (the call raises CallTimeout without sending);
+ * seconds and own (timeout= rather than call_timeout) for messages. */
+typedef struct {
+    uint64_t deadline;
+    int zero;
+    int own;
+    double seconds;
+} call_limit;
+
+/* Fills lim from the timeout argument.  Returns 0, or -1 with an exception
+ * set for a bad timeout. */
 static int
-deadline_from(module_state *st, PyObject *timeout, uint64_t *deadline_ns)
+call_limit_of(module_state *st, PyObject *timeout, call_limit *lim)
 {
     double t;
-    if (timeout == NULL || timeout == Py_None) {
+    lim->own = timeout != NULL && timeout != Py_None;
+    if (!lim->own) {
         t = st->call_timeout;
     } else {
         if (PyBool_Check(timeout)) {
@@ -321,15 +332,12 @@ deadline_from(module_state *st, PyObject *timeout, uint64_t *deadline_ns)
             return -1;
         }
     }
-    if (t < 0 || t > TIMEOUT_MAX_S) {   /* no call_timeout; inf; huge */
-        *deadline_ns = 0;
-        return 0;
-    }
-    if (t == 0) {
-        *deadline_ns = 0;
-        return 1;
-    }
-    *deadline_ns = erpy_now_ns() + (uint64_t)(t * 1e9) + 1;
+    lim->seconds = t;
+    lim->zero = t == 0;
+    if (t <= 0 || t > TIMEOUT_MAX_S)   /* zero; no call_timeout; inf; huge */
+        lim->deadline = 0;
+    else
+        lim->deadline = erpy_now_ns() + (uint64_t)(t * 1e9) + 1;
     return 0;
 }
 
@@ -337,7 +345,7 @@ enum { T_ZERO, T_NO_REPLY, T_STARTING, T_UNSENT };
 
 /* Raises CallTimeout, naming the limit that elapsed.  Returns NULL. */
 static PyObject *
-raise_timeout(module_state *st, PyObject *timeout, int why)
+raise_timeout(module_state *st, const call_limit *lim, int why)
 {
     static const char *const fmt[] = {
         [T_ZERO] = "%s=%g s leaves no time for a reply: the call was not sent",
@@ -348,31 +356,10 @@ raise_timeout(module_state *st, PyObject *timeout, int why)
         [T_UNSENT] = "%s=%g s passed while another call was still writing a large "
                      "request to the helper: the call was not sent",
     };
-    int own = timeout != NULL && timeout != Py_None;
-    double t = own ? PyFloat_AsDouble(timeout) : st->call_timeout;
     char msg[240];
-    snprintf(msg, sizeof msg, fmt[why], own ? "timeout" : "call_timeout", t);
+    snprintf(msg, sizeof msg, fmt[why], lim->own ? "timeout" : "call_timeout", lim->seconds);
     PyErr_SetString(st->CallTimeout, msg);
     return NULL;
-}
-
-/* The deadline of a call from its timeout argument, as deadline_from; the
- * flag `zero` is set for a timeout of 0. */
-typedef struct {
-    PyObject *timeout;
-    uint64_t deadline;
-    int zero;
-} call_limit;
-
-static int
-call_limit_of(module_state *st, PyObject *timeout, call_limit *lim)
-{
-    lim->timeout = timeout;
-    int dr = deadline_from(st, timeout, &lim->deadline);
-    if (dr < 0)
-        return -1;
-    lim->zero = dr == 1;
-    return 0;
 }
 
 /* Starts the default helper through Python when there is none.  A thread
@@ -404,7 +391,7 @@ live_bridge(module_state *st, const call_limit *lim)
     int started = PyObject_IsTrue(r);
     Py_DECREF(r);
     if (started <= 0)
-        return started < 0 ? NULL : (erpy_bridge *)raise_timeout(st, lim->timeout, T_STARTING);
+        return started < 0 ? NULL : (erpy_bridge *)raise_timeout(st, lim, T_STARTING);
     b = erpy_bridge_current();
     if (b == NULL || b->dead || !(b->ready || st->starter == PyThread_get_thread_ident())) {
         raise_exited(st, b, "the helper is not running");
@@ -521,10 +508,9 @@ begin_frame(erpy_worker *w, int kind)
 static PyObject *
 roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *lim)
 {
-    PyObject *timeout = lim->timeout;
     uint64_t deadline = lim->deadline;
     if (lim->zero)
-        return raise_timeout(st, timeout, T_ZERO);
+        return raise_timeout(st, lim, T_ZERO);
     uint32_t seq = ++w->seq;
     if (seq == 0)
         seq = ++w->seq;
@@ -546,7 +532,7 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *li
             break;
         /* Another call's write held the channel: nothing was sent. */
         if (deadline && erpy_now_ns() >= deadline)
-            return raise_timeout(st, timeout, T_UNSENT);
+            return raise_timeout(st, lim, T_UNSENT);
         if (PyErr_CheckSignals() < 0)
             return NULL;
     }
@@ -567,7 +553,7 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *li
         case ERPY_W_TIMEOUT:
             erpy_wait_abandon(b, w);
             send_cancel(b, w, seq);
-            return raise_timeout(st, timeout, T_NO_REPLY);
+            return raise_timeout(st, lim, T_NO_REPLY);
         default:
             if (PyErr_CheckSignals() < 0) {
                 erpy_wait_abandon(b, w);

@@ -893,6 +893,17 @@ erpy_bridge_kill(erpy_bridge *b)
         kill(b->pid, SIGKILL);
 }
 
+/* Takes wlock, waiting until until_ns (CLOCK_MONOTONIC; UINT64_MAX: no
+ * limit).  Returns 0, or ETIMEDOUT without it. */
+static int
+wlock_until(erpy_bridge *b, uint64_t until_ns)
+{
+    if (until_ns == UINT64_MAX)
+        return pthread_mutex_lock(&b->wlock);
+    struct timespec ts = {(time_t)(until_ns / 1000000000ULL), (long)(until_ns % 1000000000ULL)};
+    return pthread_mutex_clocklock(&b->wlock, CLOCK_MONOTONIC, &ts);
+}
+
 int
 erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
 {
@@ -903,8 +914,7 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
      * swamped) could hold wlock for ever: after timeout_ms, kill the helper,
      * which ends that write with EPIPE. */
     uint64_t until = erpy_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ULL;
-    struct timespec wts = {(time_t)(until / 1000000000ULL), (long)(until % 1000000000ULL)};
-    if (pthread_mutex_clocklock(&b->wlock, CLOCK_MONOTONIC, &wts) != 0) {
+    if (wlock_until(b, until) != 0) {
         erpy_bridge_kill(b);
         pthread_mutex_lock(&b->wlock);
     }
@@ -1049,16 +1059,9 @@ flush_cancels_unlocked(erpy_bridge *b)
 int
 erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len, uint64_t until_ns)
 {
-    int rc;
-    if (until_ns == UINT64_MAX) {
-        pthread_mutex_lock(&b->wlock);
-    } else {
-        struct timespec ts = {(time_t)(until_ns / 1000000000ULL),
-                              (long)(until_ns % 1000000000ULL)};
-        if (pthread_mutex_clocklock(&b->wlock, CLOCK_MONOTONIC, &ts) != 0)
-            return ETIMEDOUT;
-    }
-    rc = b->to_fd < 0 ? EPIPE : write_all(b, buf, len);
+    if (wlock_until(b, until_ns) != 0)
+        return ETIMEDOUT;
+    int rc = b->to_fd < 0 ? EPIPE : write_all(b, buf, len);
     if (rc == 0 && __atomic_load_n(&b->n_cancels, __ATOMIC_SEQ_CST) > 0)
         (void)flush_cancels(b);
     pthread_mutex_unlock(&b->wlock);

@@ -147,9 +147,8 @@ def wait_gone(pid, timeout):
     return None
 
 
-def children_of(pid):
-    """(pid, comm) of the processes whose parent is ``pid``."""
-    out = []
+def processes():
+    """(pid, comm, state, ppid) of every process alive (not a zombie)."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -160,9 +159,13 @@ def children_of(pid):
             continue
         comm = stat[stat.index("(") + 1: stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            out.append((int(name), comm))
-    return out
+        if fields[0] not in ("Z", "X"):
+            yield int(name), comm, fields[0], int(fields[1])
+
+
+def children_of(pid):
+    """(pid, comm) of the processes whose parent is ``pid``."""
+    return [(p, comm) for p, comm, _state, ppid in processes() if ppid == pid]
 
 
 def erlang_process_count():

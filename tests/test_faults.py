@@ -23,7 +23,7 @@ import pytest
 
 import erlang
 from conftest import (REGISTER_LITERAL, children_of, erlang_process_count, helper_pid,
-                      proc_state, result_lines, run_python, wait_gone)
+                      proc_state, processes, result_lines, run_python, wait_gone)
 
 # Functions of this file, registered before every test (a test may have
 # killed the helper; the session's on_start only brings back REGISTER).
@@ -760,20 +760,16 @@ time.sleep(0.2)
 
 
 def beams_marked(mark):
-    """BEAM processes (any parent) whose environment holds mark."""
+    """Live processes (any parent) whose environment holds mark."""
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid, _comm, _state, _ppid in processes():
         try:
-            with open("/proc/%s/environ" % name, "rb") as f:
+            with open("/proc/%d/environ" % pid, "rb") as f:
                 env = f.read()
-            with open("/proc/%s/stat" % name) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if ("ERLANG_PY_TEST_MARK=" + mark).encode() in env.split(b"\0") and state != "Z":
-            found.append(int(name))
+        if ("ERLANG_PY_TEST_MARK=" + mark).encode() in env.split(b"\0"):
+            found.append(pid)
     return found
 
 
