@@ -108,12 +108,15 @@ def make_error(kind, reason, stacktrace):
     return Error(kind, reason, stacktrace)
 
 
-def make_exited(wait_status, why, stderr_tail):
+def make_exited(wait_status, why, stderr_text, starting=False):
     """Builds HelperExited from a waitpid status (-1: unknown), a reason text
-    and the helper's stderr tail (called from C)."""
+    and what the helper wrote to stderr (called from C).  ``starting``: the
+    helper died before it answered, and the message gives everything it
+    wrote (its cause often comes first); otherwise its last lines."""
     import os
 
-    tail = stderr_tail.decode("utf-8", "replace") if isinstance(stderr_tail, bytes) else stderr_tail
+    text = (stderr_text.decode("utf-8", "replace") if isinstance(stderr_text, bytes)
+            else stderr_text)
     status = None
     if wait_status >= 0:
         if os.WIFEXITED(wait_status):
@@ -129,7 +132,15 @@ def make_exited(wait_status, why, stderr_tail):
     msg = why or ("the Erlang helper %s" % how)
     if why and wait_status >= 0:
         msg += " (it %s)" % how
-    lines = [ln for ln in tail.strip().splitlines() if ln.strip()]
-    if lines:
-        msg += "; its stderr ends with:\n" + "\n".join(lines[-10:])
-    return HelperExited(msg, status, tail)
+    lines = [ln.rstrip() for ln in text.strip().splitlines()]
+    lines = [ln for ln in lines if ln.strip()]
+    if lines and starting:
+        msg += "; its error output:\n" + "\n".join(lines)
+    elif lines:
+        msg += "; its stderr ends with:\n" + "\n".join(lines[-_TAIL_LINES:])
+    return HelperExited(msg, status, text)
+
+
+# Lines of the helper's stderr quoted when it dies after start-up (the whole
+# text is in HelperExited.stderr).
+_TAIL_LINES = 20

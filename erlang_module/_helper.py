@@ -154,19 +154,32 @@ def _environment(options):
 def start(**options):
     """Starts the helper with these options (see the README)."""
     global _forked
-    _check(options)
     with _lock:
-        if _erlang.is_running():
+        running = _erlang.is_running()
+        try:
+            _check(options)
+        except BaseException:
+            if not running:
+                _remember(options)
+            raise
+        if running:
             raise RuntimeError("the Erlang helper is already running; call erlang.stop() first")
-        # Kept even if this start fails: the next call tries these options
-        # again, never silently others.
-        _options.clear()
-        _options.update(options)
+        _remember(options)
         _forked = False
         _start_locked(options)
 
 
+def _remember(options):
+    """Keeps the options of a start() that found no helper running, even if
+    it fails (in validation too): the next call tries them again and fails
+    the same way, never silently the options of an earlier start.  (A start
+    refused because a helper runs changes nothing.)"""
+    _options.clear()
+    _options.update(options)
+
+
 def _start_locked(options):
+    _check(options)
     argv = command_line(options)
     ct = options.get("call_timeout")
     hello = _erlang._start(

@@ -235,26 +235,37 @@ m_init_runtime(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Sets HelperExited for a dead (or never started) bridge.  Returns NULL. */
+/* Sets HelperExited for a dead (or never started) bridge.  `starting`: it
+ * died before answering, so the message gives all it wrote, not the end
+ * only.  Returns NULL. */
 static PyObject *
-raise_exited(module_state *st, erpy_bridge *b, const char *why)
+raise_exited_full(module_state *st, erpy_bridge *b, const char *why, int starting)
 {
-    char tail[4096] = "";
+    char *text = NULL;
+    size_t n = 0;
     int status = -1;
     if (b != NULL) {
-        erpy_bridge_stderr_tail(b, tail, sizeof tail);
+        text = malloc(ERPY_ERR_TEXT_MAX);
+        if (text != NULL)
+            n = erpy_bridge_stderr_text(b, text, ERPY_ERR_TEXT_MAX);
         status = b->exit_status;
         if (why == NULL && b->why[0])
             why = b->why;
     }
-    PyObject *exc = PyObject_CallFunction(st->make_exited, "isy", status,
-                                          why ? why : "",
-                                          tail);
+    PyObject *exc = PyObject_CallFunction(st->make_exited, "isy#i", status, why ? why : "",
+                                          text ? text : "", (Py_ssize_t)n, starting);
+    free(text);
     if (exc != NULL) {
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
     }
     return NULL;
+}
+
+static PyObject *
+raise_exited(module_state *st, erpy_bridge *b, const char *why)
+{
+    return raise_exited_full(st, b, why, 0);
 }
 
 /* Bridges are reference-counted with the GIL held: the current-bridge slot
@@ -849,7 +860,7 @@ start_handshake(module_state *st, erpy_bridge *b, double timeout)
             break;
         if (r == 0) {
             stop_bridge(b, 0);
-            return raise_exited(st, b, "the helper exited during start-up");
+            return raise_exited_full(st, b, "the Erlang helper exited during start-up", 1);
         }
         int interrupted = PyErr_CheckSignals() < 0;
         if (interrupted || erpy_now_ns() >= end) {
@@ -864,7 +875,7 @@ start_handshake(module_state *st, erpy_bridge *b, double timeout)
             char msg[200];
             snprintf(msg, sizeof msg, "the helper did not answer within %g s of starting",
                      timeout);
-            return raise_exited(st, b, msg);
+            return raise_exited_full(st, b, msg, 1);
         }
     }
     erpy_frame *h = b->hello;

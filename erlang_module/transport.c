@@ -619,6 +619,44 @@ reap(erpy_bridge *b, int wait_ms)
     return status;
 }
 
+static void capture_err(erpy_bridge *b, const char *buf, size_t n);
+static int ms_until(uint64_t until, uint64_t now);
+
+/* Reads the helper's stdout to its end (for at most 2 s, then kills the
+ * helper) and records all of it, and what the reader had buffered, with its
+ * stderr.  Only before HELLO, by the leader, without the lock. */
+static void
+drain_dying_words(erpy_bridge *b)
+{
+    static const char label[] = "\n(written to stdout:)\n";
+    capture_err(b, label, sizeof label - 1);
+    if (b->rend > b->rstart)
+        capture_err(b, b->rbuf + b->rstart, b->rend - b->rstart);
+    b->rstart = b->rend = 0;
+    uint64_t end = erpy_now_ns() + 2000ULL * 1000000ULL;
+    char buf[4096];
+    for (;;) {
+        uint64_t now = erpy_now_ns();
+        if (now >= end) {
+            if (b->pid > 0)
+                kill(b->pid, SIGKILL);
+            break;
+        }
+        struct pollfd pf = {b->from_fd, POLLIN, 0};
+        int r = poll(&pf, 1, ms_until(end, now));
+        if (r < 0 && errno != EINTR)
+            break;
+        if (r <= 0)
+            continue;
+        ssize_t n = read(b->from_fd, buf, sizeof buf);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n <= 0)
+            break;
+        capture_err(b, buf, (size_t)n);
+    }
+}
+
 /* One round of leading: waits up to timeout_ms for from_fd (and extra_fd,
  * if >= 0) to be readable, reads and dispatches.  Called by the leader
  * without the lock.  Returns LEAD_FRAMES, LEAD_IDLE (timeout, or only
@@ -674,8 +712,23 @@ lead_once(erpy_bridge *b, erpy_worker *self, int timeout_ms, int extra_fd)
     const char *why = rc == READ_EOF ? NULL
                       : rc == READ_ERROR ? "error reading from the helper"
                                          : "protocol error: bad frame from the helper (killed it)";
-    if (rc == READ_PROTOCOL && b->pid > 0)
-        kill(b->pid, SIGKILL);
+    if (rc == READ_PROTOCOL) {
+        pthread_mutex_lock(&b->lock);
+        int booting = b->hello == NULL;
+        pthread_mutex_unlock(&b->lock);
+        if (booting) {
+            /* Not a frame, and no HELLO yet: the helper is dying before it
+             * could speak the protocol, and the emulator prints its last
+             * words ("Kernel pid terminated", "init terminating in
+             * do_boot") on fd 1.  They are the reason for the failure:
+             * keep them with its stderr and let it exit with its own
+             * status, instead of killing it as a broken channel. */
+            drain_dying_words(b);
+            why = NULL;
+        } else if (b->pid > 0) {
+            kill(b->pid, SIGKILL);
+        }
+    }
     /* A helper that closed its stdout is exiting; 900 ms leaves time for a
      * loaded machine while keeping "HelperExited within a second". */
     int status = reap(b, 900);
@@ -743,6 +796,37 @@ bg_main(void *arg)
     return NULL;
 }
 
+/* Records n bytes the helper wrote (to stderr, or raw to stdout before its
+ * HELLO) for error messages: the first ERPY_ERR_HEAD bytes stay, and so do
+ * the last ERPY_ERR_TAIL of the rest. */
+static void
+capture_err(erpy_bridge *b, const char *buf, size_t n)
+{
+    pthread_mutex_lock(&b->tail_lock);
+    b->err_total += n;
+    size_t h = ERPY_ERR_HEAD - b->head_len;
+    if (h > n)
+        h = n;
+    memcpy(b->head + b->head_len, buf, h);
+    b->head_len += h;
+    buf += h;
+    n -= h;
+    const size_t keep = sizeof b->tail;
+    if (n >= keep) {
+        memcpy(b->tail, buf + n - keep, keep);
+        b->tail_len = keep;
+    } else if (n > 0) {
+        if (b->tail_len + n > keep) {
+            size_t drop = b->tail_len + n - keep;
+            memmove(b->tail, b->tail + drop, b->tail_len - drop);
+            b->tail_len -= drop;
+        }
+        memcpy(b->tail + b->tail_len, buf, n);
+        b->tail_len += n;
+    }
+    pthread_mutex_unlock(&b->tail_lock);
+}
+
 static void *
 err_main(void *arg)
 {
@@ -755,21 +839,7 @@ err_main(void *arg)
             continue;
         if (n <= 0)
             break;
-        pthread_mutex_lock(&b->tail_lock);
-        size_t keep = sizeof b->tail - 1;
-        if ((size_t)n >= keep) {
-            memcpy(b->tail, buf + n - keep, keep);
-            b->tail_len = keep;
-        } else {
-            if (b->tail_len + (size_t)n > keep) {
-                size_t drop = b->tail_len + (size_t)n - keep;
-                memmove(b->tail, b->tail + drop, b->tail_len - drop);
-                b->tail_len -= drop;
-            }
-            memcpy(b->tail + b->tail_len, buf, (size_t)n);
-            b->tail_len += (size_t)n;
-        }
-        pthread_mutex_unlock(&b->tail_lock);
+        capture_err(b, buf, (size_t)n);
         erpy_frame *f = frame_new((size_t)n);
         if (f) {
             memcpy(f->body, buf, (size_t)n);
@@ -791,11 +861,20 @@ err_main(void *arg)
 }
 
 size_t
-erpy_bridge_stderr_tail(erpy_bridge *b, char *dst, size_t cap)
+erpy_bridge_stderr_text(erpy_bridge *b, char *dst, size_t cap)
 {
     pthread_mutex_lock(&b->tail_lock);
-    size_t n = b->tail_len < cap - 1 ? b->tail_len : cap - 1;
-    memcpy(dst, b->tail + b->tail_len - n, n);
+    size_t n = 0;
+    if (cap >= ERPY_ERR_TEXT_MAX) {
+        memcpy(dst, b->head, b->head_len);
+        n = b->head_len;
+        uint64_t left_out = b->err_total - b->head_len - b->tail_len;
+        if (left_out > 0)
+            n += (size_t)snprintf(dst + n, cap - n, "\n[... %llu bytes left out ...]\n",
+                                  (unsigned long long)left_out);
+        memcpy(dst + n, b->tail, b->tail_len);
+        n += b->tail_len;
+    }
     dst[n] = 0;
     pthread_mutex_unlock(&b->tail_lock);
     return n;

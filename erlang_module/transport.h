@@ -30,6 +30,9 @@ typedef struct erpy_frame {
 
 struct erpy_bridge;
 
+#define ERPY_ERR_HEAD (16 * 1024)
+#define ERPY_ERR_TAIL (8 * 1024)
+
 /* A pool entry, owned by one thread at a time (kept in a pthread key slot). */
 typedef struct erpy_worker {
     uint32_t id;                  /* >= 1; 0 is the control channel */
@@ -78,10 +81,16 @@ typedef struct erpy_bridge {
     pthread_t bg_thread, err_thread;
     int bg_pipe[2];
     int threads_running;          /* counts bg + err threads still running */
-    /* stderr tail: under tail_lock */
+    /* What the helper wrote to stderr (and, before HELLO, raw bytes on its
+     * stdout): the first ERPY_ERR_HEAD bytes and the last ERPY_ERR_TAIL, so
+     * that an error message has both the cause (often first) and the end.
+     * Under tail_lock. */
     pthread_mutex_t tail_lock;
-    char tail[4096];
+    char head[ERPY_ERR_HEAD];
+    size_t head_len;
+    char tail[ERPY_ERR_TAIL];
     size_t tail_len;
+    uint64_t err_total;           /* bytes captured in all */
     int err_eof;
     /* CANCEL frames (worker, seq) that found the write lock taken: written
      * by whoever holds it next.  Under lock; n_cancels also read without. */
@@ -127,8 +136,12 @@ void erpy_bridge_free(erpy_bridge *b);
 /* Kills the helper (SIGKILL) without waiting. */
 void erpy_bridge_kill(erpy_bridge *b);
 
-/* Copies the stderr tail into dst (NUL-terminated), returns its length. */
-size_t erpy_bridge_stderr_tail(erpy_bridge *b, char *dst, size_t cap);
+/* Copies what the helper wrote to stderr into dst (NUL-terminated): all of
+ * it when it fits in ERPY_ERR_HEAD + ERPY_ERR_TAIL bytes, else its head, a
+ * line saying how much was left out, and its tail.  cap must be at least
+ * ERPY_ERR_TEXT_MAX.  Returns the length. */
+#define ERPY_ERR_TEXT_MAX (ERPY_ERR_HEAD + ERPY_ERR_TAIL + 128)
+size_t erpy_bridge_stderr_text(erpy_bridge *b, char *dst, size_t cap);
 
 /* Writes buf (a complete frame) to the helper, if the write lock can be had
  * before until_ns (CLOCK_MONOTONIC; UINT64_MAX: no limit).  A frame once
