@@ -34,7 +34,15 @@
 %%              Erlang expressions, value of the last one.  The final "." is
 %%              optional; "X = 1. X + 1" evaluates both, X stays bound.
 %%              Each EVAL starts with no variables bound.
-%%   CANCEL  4  [] : abandon (Worker, Seq).  If the worker's handler was last
+%%   CALL_ASYNC 5, APPLY_ASYNC 6, EVAL_ASYNC 7: the same payloads as
+%%              CALL, APPLY and EVAL, but each call runs in a process of its
+%%              own, keyed by {Worker, Seq} (py_handler:start_call/2), so any
+%%              number are in flight at once.  Python sends them on worker
+%%              ?ASYNC_WORKER (16#FFFFFFFF), Seq naming the call.  If that
+%%              process dies before replying, the ERROR exit:Reason is sent
+%%              from here, as for a handler.
+%%   CANCEL  4  [] : abandon (Worker, Seq).  For an async call: its process
+%%              is killed if it still runs.  Otherwise:  If the worker's handler was last
 %%              given Seq it is killed (it may still be running it); the next
 %%              frame for Worker gets a fresh handler.  Nothing is sent back
 %%              for the cancelled call.  A CANCEL for another Seq is ignored.
@@ -137,7 +145,10 @@
     %% Worker => {Handler, Monitor, Seq of the last frame given to it}
     workers = #{} :: #{non_neg_integer() => {pid(), reference(), non_neg_integer()}},
     %% Handler => Worker, to find the worker when a handler goes down
-    handlers = #{} :: #{pid() => non_neg_integer()}
+    handlers = #{} :: #{pid() => non_neg_integer()},
+    %% Async calls in flight: {Worker, Seq} => {Pid, Monitor}, and back
+    calls = #{} :: #{{non_neg_integer(), non_neg_integer()} => {pid(), reference()}},
+    monitors = #{} :: #{reference() => {non_neg_integer(), non_neg_integer()}}
 }).
 
 %% API.
@@ -220,6 +231,17 @@ loop(State = #state{port = Port, parent = Parent}) ->
             loop(State)
     end.
 
+frame(Kind, Worker, Seq, Frame, State = #state{calls = Calls, monitors = Monitors})
+  when Kind >= ?K_CALL_ASYNC, Kind =< ?K_EVAL_ASYNC ->
+    {Pid, Monitor} = py_handler:start_call(State#state.port, Frame),
+    State#state{calls = Calls#{{Worker, Seq} => {Pid, Monitor}},
+                monitors = Monitors#{Monitor => {Worker, Seq}}};
+frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{calls = Calls})
+  when is_map_key({Worker, Seq}, Calls) ->
+    #{{Worker, Seq} := {Pid, Monitor}} = Calls,
+    exit(Pid, kill),
+    erlang:demonitor(Monitor, [flush]),
+    forget_call(Monitor, State);
 frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{workers = Workers}) ->
     case Workers of
         #{Worker := {Pid, Monitor, Seq}} ->
@@ -248,6 +270,19 @@ frame(_Kind, Worker, Seq, Frame, State = #state{workers = Workers}) ->
 %% A handler died without being cancelled: it was killed by someone else,
 %% or a process linked to it died, or it called exit/2 on itself.  Whatever
 %% call it was running will never be answered by it, so answer it here.
+handler_down(Monitor, _Pid, Reason, State = #state{monitors = Monitors})
+  when is_map_key(Monitor, Monitors) ->
+    %% An async call's process: normal when it has written its reply, else
+    %% killed or taken down by a link before it could.
+    case Reason of
+        normal ->
+            ok;
+        _ ->
+            {Worker, Seq} = maps:get(Monitor, Monitors),
+            Error = term_to_binary({exit, Reason, []}),
+            true = port_command(State#state.port, [<<?K_ERROR, Worker:32, Seq:32>>, Error])
+    end,
+    forget_call(Monitor, State);
 handler_down(Monitor, Pid, Reason, State = #state{handlers = Handlers, workers = Workers}) ->
     Worker = maps:get(Pid, Handlers, none),
     case Workers of
@@ -260,6 +295,10 @@ handler_down(Monitor, Pid, Reason, State = #state{handlers = Handlers, workers =
             %% 'DOWN' naming a live handler; that must not orphan it.
             State
     end.
+
+forget_call(Monitor, State = #state{calls = Calls, monitors = Monitors}) ->
+    Key = maps:get(Monitor, Monitors),
+    State#state{calls = maps:remove(Key, Calls), monitors = maps:remove(Monitor, Monitors)}.
 
 forget(Worker, Pid, State = #state{workers = Workers, handlers = Handlers}) ->
     State#state{workers = maps:remove(Worker, Workers),

@@ -22,6 +22,7 @@
 
 %% API.
 -export([start_monitor/1]).
+-export([start_call/2]).
 
 %% Internal.
 -export([init/1]).
@@ -35,6 +36,14 @@
 -spec start_monitor(port()) -> {pid(), reference()}.
 start_monitor(Port) ->
     spawn_monitor(?MODULE, init, [Port]).
+
+%% Spawns a process, monitored by the caller, that runs the one async call
+%% in Frame (CALL_ASYNC, APPLY_ASYNC or EVAL_ASYNC), writes its reply and
+%% exits.  A process per call: many calls of one worker run at once, and a
+%% CANCEL kills exactly the call it names.
+-spec start_call(port(), binary()) -> {pid(), reference()}.
+start_call(Port, Frame) ->
+    spawn_monitor(fun() -> handle(Frame, Port) end).
 
 %% Internal.
 
@@ -77,6 +86,8 @@ handle(<<Kind, Worker:32, Seq:32, Payload/binary>> = Frame, Port) ->
         false -> ok
     end.
 
+run(Kind, Payload) when Kind >= ?K_CALL_ASYNC, Kind =< ?K_EVAL_ASYNC ->
+    run(Kind - ?K_CALL_ASYNC + ?K_CALL, Payload);
 run(?K_CALL, Payload) ->
     case binary_to_term(Payload) of
         {Name, Args} when is_binary(Name) ->

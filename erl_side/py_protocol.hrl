@@ -12,8 +12,13 @@
 -define(K_CALL,    1).   %% {Name :: binary(), Args :: list()}
 -define(K_APPLY,   2).   %% {Module :: atom(), Function :: atom(), Args :: list()}
 -define(K_EVAL,    3).   %% Source :: binary()
--define(K_CANCEL,  4).   %% [] -- kill the handler if it still runs (Worker, Seq);
+-define(K_CANCEL,  4).   %% [] -- kill the process if it still runs (Worker, Seq);
                          %% no reply is ever sent for a cancelled call
+-define(K_CALL_ASYNC,  5).   %% as K_CALL, K_APPLY, K_EVAL, each call in a
+-define(K_APPLY_ASYNC, 6).   %% process of its own keyed by {Worker, Seq}
+-define(K_EVAL_ASYNC,  7).   %% (Python sends them on ?ASYNC_WORKER)
+
+-define(ASYNC_WORKER, 16#FFFFFFFF).
 
 %% BEAM -> Python
 -define(K_OK,     16).   %% Result

@@ -28,6 +28,7 @@ _erlang._init_runtime(
 )
 
 from ._erlang import binary_to_term, call, is_running, term_to_binary  # noqa: E402
+from ._async import apply_async, call_async, map  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -120,6 +121,6 @@ del _cls
 __all__ = [
     "Atom", "BitString", "CallTimeout", "Error", "Fun", "HelperExited",
     "ImproperList", "Pid", "Port", "Reference", "UndefinedFunction",
-    "apply", "binary_to_term", "call", "eval", "is_running", "load_module",
-    "start", "stop", "term_to_binary",
+    "apply", "apply_async", "binary_to_term", "call", "call_async", "eval",
+    "is_running", "load_module", "map", "start", "stop", "term_to_binary",
 ]

@@ -205,6 +205,11 @@ def _start_locked(options):
     return hello
 
 
+def call_timeout():
+    """The call_timeout start option in force (None: no limit)."""
+    return _options.get("call_timeout")
+
+
 def autostart(wait=None):
     """Starts the default helper (or the last start()'s options again after
     the helper died).  Called by the C core when a call finds no helper, or

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "erpy.h"
 #include "transport.h"
@@ -46,6 +47,7 @@ typedef struct {
     PyObject *make_exited;    /* (status, why, stderr_tail) -> HelperExited instance */
     PyObject *write_output;   /* (stream, data) -> None */
     PyObject *CallTimeout;    /* class */
+    PyTypeObject *Waker;      /* heap type of async calls' wakers */
     /* Start options in force (written under the GIL). */
     double call_timeout;      /* seconds; < 0: none */
     unsigned long starter;    /* thread running start-up (modules, on_start), or 0 */
@@ -459,6 +461,24 @@ show_output(module_state *st, erpy_frame *f)
     Py_XDECREF(t);
 }
 
+/* The exception an ERROR reply stands for.  Returns a new reference, or
+ * NULL with an exception set (a malformed reply). */
+static PyObject *
+error_of(module_state *st, erpy_frame *reply)
+{
+    PyObject *t = decode_payload(st, reply->payload, reply->plen);
+    if (t == NULL)
+        return NULL;
+    PyObject *exc = NULL;
+    if (PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 3)
+        exc = PyObject_CallFunctionObjArgs(st->make_error, PyTuple_GET_ITEM(t, 0),
+                                           PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2), NULL);
+    else
+        PyErr_SetString(PyExc_ValueError, "malformed ERROR reply from the helper");
+    Py_DECREF(t);
+    return exc;
+}
+
 /* Turns the frames of a finished call into its result.  Consumes frames.
  * Returns a new reference or NULL with an exception set. */
 static PyObject *
@@ -477,20 +497,10 @@ finish(module_state *st, erpy_frame *frames)
     } else if (reply->kind == ERPY_K_OK) {
         res = decode_payload(st, reply->payload, reply->plen);
     } else if (reply->kind == ERPY_K_ERROR) {
-        PyObject *t = decode_payload(st, reply->payload, reply->plen);
-        if (t != NULL) {
-            PyObject *exc = NULL;
-            if (PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 3)
-                exc = PyObject_CallFunctionObjArgs(st->make_error, PyTuple_GET_ITEM(t, 0),
-                                                   PyTuple_GET_ITEM(t, 1),
-                                                   PyTuple_GET_ITEM(t, 2), NULL);
-            else
-                PyErr_SetString(PyExc_ValueError, "malformed ERROR reply from the helper");
-            if (exc != NULL) {
-                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-                Py_DECREF(exc);
-            }
-            Py_DECREF(t);
+        PyObject *exc = error_of(st, reply);
+        if (exc != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
         }
     } else {
         PyErr_Format(PyExc_ValueError, "malformed reply from the helper: unknown frame kind %d",
@@ -500,17 +510,24 @@ finish(module_state *st, erpy_frame *frames)
     return res;
 }
 
-/* Frame header for a request of `kind`, reserved at the start of w->out. */
+/* Frame header for a request of `kind`, reserved at the start of out (the
+ * length, Worker and Seq are filled in when it is sent). */
 static int
+begin_frame_in(erpy_buf *out, int kind)
+{
+    out->len = 0;
+    if (erpy_buf_reserve(out, 4 + ERPY_HEADER_SIZE + 256) < 0)
+        return -1;
+    out->data[4] = (char)kind;
+    out->len = 4 + ERPY_HEADER_SIZE;
+    out->data[out->len++] = (char)131;
+    return 0;
+}
+
+static inline int
 begin_frame(erpy_worker *w, int kind)
 {
-    w->out.len = 0;
-    if (erpy_buf_reserve(&w->out, 4 + ERPY_HEADER_SIZE + 256) < 0)
-        return -1;
-    w->out.data[4] = (char)kind;
-    w->out.len = 4 + ERPY_HEADER_SIZE;
-    w->out.data[w->out.len++] = (char)131;
-    return 0;
+    return begin_frame_in(&w->out, kind);
 }
 
 /* Sends the frame in w->out to b and waits for its reply until the deadline
@@ -581,7 +598,7 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *li
 /* Appends Python str/bytes `name` as a binary (the registry key).  Returns
  * 0 or -1 with an exception set. */
 static int
-encode_name(module_state *st, erpy_worker *w, PyObject *name)
+encode_name(module_state *st, erpy_buf *out, PyObject *name)
 {
     if (!PyUnicode_Check(name) && !PyBytes_Check(name)) {
         PyErr_Format(PyExc_TypeError, "function name must be str or bytes, not %.100s",
@@ -593,11 +610,40 @@ encode_name(module_state *st, erpy_worker *w, PyObject *name)
         PyObject *plain = PyUnicode_FromObject(name);
         if (plain == NULL)
             return -1;
-        int r = erpy_encode(&st->codec, &w->out, plain);
+        int r = erpy_encode(&st->codec, out, plain);
         Py_DECREF(plain);
         return r;
     }
-    return erpy_encode(&st->codec, &w->out, name);
+    return erpy_encode(&st->codec, out, name);
+}
+
+/* Appends {Name :: binary(), Args :: list()} for call(name, *args): args[0]
+ * is the name.  Returns 0 or -1 with an exception set. */
+static int
+encode_call(module_state *st, erpy_buf *out, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (erpy_buf_reserve(out, 8) < 0)
+        return -1;
+    out->data[out->len++] = 104;  /* SMALL_TUPLE_EXT */
+    out->data[out->len++] = 2;
+    if (encode_name(st, out, args[0]) < 0)
+        return -1;
+    Py_ssize_t n = nargs - 1;
+    if (n > 0) {
+        if (erpy_buf_reserve(out, 5) < 0)
+            return -1;
+        char *d = out->data + out->len;
+        d[0] = 108;  /* LIST_EXT */
+        erpy_put_be32(d + 1, (uint32_t)n);
+        out->len += 5;
+        for (Py_ssize_t i = 1; i < nargs; i++)
+            if (erpy_encode(&st->codec, out, args[i]) < 0)
+                return -1;
+    }
+    if (erpy_buf_reserve(out, 1) < 0)
+        return -1;
+    out->data[out->len++] = 106;  /* NIL_EXT */
+    return 0;
 }
 
 /* The calling thread's worker, marked busy; NULL with an exception set when
@@ -686,30 +732,8 @@ static PyObject *
 call_impl(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *const *args,
           Py_ssize_t nargs, const call_limit *lim)
 {
-    if (begin_frame(w, ERPY_K_CALL) < 0)
+    if (begin_frame(w, ERPY_K_CALL) < 0 || encode_call(st, &w->out, args, nargs) < 0)
         return NULL;
-    /* {Name :: binary(), Args :: list()} */
-    if (erpy_buf_reserve(&w->out, 8) < 0)
-        return NULL;
-    w->out.data[w->out.len++] = 104;  /* SMALL_TUPLE_EXT */
-    w->out.data[w->out.len++] = 2;
-    if (encode_name(st, w, args[0]) < 0)
-        return NULL;
-    Py_ssize_t n = nargs - 1;
-    if (n > 0) {
-        if (erpy_buf_reserve(&w->out, 5) < 0)
-            return NULL;
-        char *d = w->out.data + w->out.len;
-        d[0] = 108;  /* LIST_EXT */
-        erpy_put_be32(d + 1, (uint32_t)n);
-        w->out.len += 5;
-        for (Py_ssize_t i = 1; i < nargs; i++)
-            if (erpy_encode(&st->codec, &w->out, args[i]) < 0)
-                return NULL;
-    }
-    if (erpy_buf_reserve(&w->out, 1) < 0)
-        return NULL;
-    w->out.data[w->out.len++] = 106;  /* NIL_EXT */
     return roundtrip(st, b, w, lim);
 }
 
@@ -742,6 +766,404 @@ m_request(PyObject *module, PyObject *args)
     }
     bridge_unref(b);
     return res;
+}
+
+/* ------------------------------------------------------------ async calls
+ *
+ * An async call is submitted with the GIL held and returns at once with its
+ * Seq; nothing blocks (the request is written if the pipe takes it now,
+ * else queued for the background thread).  Its reply reaches the waker it
+ * was submitted with: a Python object wrapping an erpy_waker, whose owner
+ * watches waker.fileno() (a thread in waker.wait(), an event loop's
+ * add_reader) and calls waker.take() for the finished calls, as
+ * (ctx, ok, value) tuples: ctx the object passed to the submit (a future),
+ * value the result, or the exception when ok is False.  Timeouts and
+ * cancelling are the owner's: _withdraw(seq) takes a call back (its
+ * process in the helper is killed; a late reply is dropped). */
+
+typedef struct {
+    PyObject_HEAD
+    erpy_waker *k;      /* NULL once closed */
+} WakerObject;
+
+/* The request buffer of submissions, reused under the GIL (the encoder may
+ * run Python code that submits again: then a buffer of its own). */
+static erpy_buf abuf;
+static int abuf_busy;
+
+/* (ctx, ok, value) for a finished call; consumes p's ctx reference and frees
+ * p.  `dead` caches the HelperExited of a dead bridge for a batch.  Returns
+ * a new reference or NULL with an exception set (out of memory). */
+static PyObject *
+finished_call(module_state *st, erpy_pending *p, PyObject **dead)
+{
+    PyObject *value;
+    int ok = 0;
+    if (p->dead) {
+        if (*dead == NULL) {
+            raise_exited(st, p->bridge, NULL);
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            Py_XDECREF(et);
+            Py_XDECREF(tb);
+            *dead = ev;
+        }
+        value = *dead;
+        Py_XINCREF(value);
+    } else if (p->reply->kind == ERPY_K_OK) {
+        value = decode_payload(st, p->reply->payload, p->reply->plen);
+        ok = value != NULL;
+    } else {
+        value = error_of(st, p->reply);
+    }
+    if (value == NULL) {
+        /* A malformed reply: the call's own exception. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        if (ev != NULL && tb != NULL)
+            PyException_SetTraceback(ev, tb);
+        Py_XDECREF(et);
+        Py_XDECREF(tb);
+        value = ev;
+        ok = 0;
+    }
+    PyObject *ctx = p->ctx;
+    bridge_unref(p->bridge);
+    erpy_pending_free(p);
+    if (value == NULL) {
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    PyObject *t = PyTuple_New(3);
+    if (t == NULL) {
+        Py_DECREF(ctx);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, ctx);
+    PyTuple_SET_ITEM(t, 1, PyBool_FromLong(ok));
+    PyTuple_SET_ITEM(t, 2, value);
+    return t;
+}
+
+/* Drops finished or withdrawn calls nobody will take (a dnext list). */
+static void
+discard_calls(erpy_pending *p)
+{
+    while (p) {
+        erpy_pending *n = p->dnext;
+        Py_DECREF((PyObject *)p->ctx);
+        bridge_unref(p->bridge);
+        erpy_pending_free(p);
+        p = n;
+    }
+}
+
+static void
+waker_close(WakerObject *self)
+{
+    erpy_waker *k = self->k;
+    if (k == NULL)
+        return;
+    self->k = NULL;
+    erpy_bridge *b = erpy_bridge_current();
+    erpy_pending *list = NULL;
+    if (b != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        list = erpy_async_withdraw_all(b, k);
+        Py_END_ALLOW_THREADS
+    }
+    discard_calls(list);
+    discard_calls(erpy_waker_take(k));
+    erpy_waker_free(k);
+}
+
+static PyObject *
+Waker_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kw && PyDict_GET_SIZE(kw) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Waker() takes no arguments");
+        return NULL;
+    }
+    WakerObject *self = (WakerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->k = erpy_waker_new();
+    if (self->k == NULL) {
+        Py_DECREF(self);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return (PyObject *)self;
+}
+
+static void
+Waker_dealloc(WakerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    waker_close(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int
+waker_open(WakerObject *self)
+{
+    if (self->k == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the waker is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Waker_fileno(WakerObject *self, PyObject *unused)
+{
+    if (waker_open(self) < 0)
+        return NULL;
+    return PyLong_FromLong(self->k->fd_r);
+}
+
+/* wait(timeout=None) -> bool: whether calls have finished (the pipe is
+ * readable); False after timeout seconds, or early on a signal, after the
+ * signal handlers ran. */
+static PyObject *
+Waker_wait(WakerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    double t = -1;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "wait() takes at most one argument");
+        return NULL;
+    }
+    if (nargs == 1 && args[0] != Py_None) {
+        t = PyFloat_AsDouble(args[0]);
+        if (t == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (t < 0)
+            t = 0;
+    }
+    if (waker_open(self) < 0)
+        return NULL;
+    int ms = t < 0 ? -1 : t > 3600 ? 3600000 : (int)(t * 1000 + 0.999);
+    erpy_waker *k = self->k;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = erpy_waker_wait(k, ms);
+    Py_END_ALLOW_THREADS
+    if (r < 0 && errno == EINTR && PyErr_CheckSignals() < 0)
+        return NULL;
+    return PyBool_FromLong(r > 0);
+}
+
+/* take() -> [(ctx, ok, value)]: the calls finished since the last take. */
+static PyObject *
+Waker_take(WakerObject *self, PyObject *unused)
+{
+    if (waker_open(self) < 0)
+        return NULL;
+    module_state *st = PyType_GetModuleState(Py_TYPE(self));
+    erpy_pending *p;
+    Py_BEGIN_ALLOW_THREADS
+    p = erpy_waker_take(self->k);
+    Py_END_ALLOW_THREADS
+    PyObject *res = PyList_New(0), *dead = NULL;
+    while (p) {
+        erpy_pending *n = p->dnext;
+        PyObject *t = finished_call(st, p, &dead);
+        if (t == NULL || res == NULL || PyList_Append(res, t) < 0)
+            Py_CLEAR(res);
+        Py_XDECREF(t);
+        p = n;
+    }
+    Py_XDECREF(dead);
+    return res;
+}
+
+/* kick(): makes wait() return (for the owner's own reasons: a new
+ * deadline). */
+static PyObject *
+Waker_kick(WakerObject *self, PyObject *unused)
+{
+    if (waker_open(self) < 0)
+        return NULL;
+    ssize_t r;
+    do {
+        r = write(self->k->fd_w, "k", 1);
+    } while (r < 0 && errno == EINTR);
+    Py_RETURN_NONE;
+}
+
+/* close(): withdraws the calls still pending on this waker (their processes
+ * in the helper are killed) and drops the finished ones. */
+static PyObject *
+Waker_close(WakerObject *self, PyObject *unused)
+{
+    waker_close(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Waker_methods[] = {
+    {"fileno", (PyCFunction)Waker_fileno, METH_NOARGS,
+     "fileno($self, /)\n--\n\nThe descriptor that turns readable when calls finish."},
+    {"wait", (PyCFunction)(void (*)(void))Waker_wait, METH_FASTCALL,
+     "wait($self, timeout=None, /)\n--\n\nWaits for finished calls; True if there are."},
+    {"take", (PyCFunction)Waker_take, METH_NOARGS,
+     "take($self, /)\n--\n\nThe finished calls, as (ctx, ok, value) tuples."},
+    {"kick", (PyCFunction)Waker_kick, METH_NOARGS,
+     "kick($self, /)\n--\n\nMakes wait() return."},
+    {"close", (PyCFunction)Waker_close, METH_NOARGS,
+     "close($self, /)\n--\n\nWithdraws the calls still pending; drops the finished ones."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Waker_slots[] = {
+    {Py_tp_new, Waker_new},
+    {Py_tp_dealloc, Waker_dealloc},
+    {Py_tp_methods, Waker_methods},
+    {Py_tp_doc, "Waker()\n--\n\nWhere async calls' replies arrive (internal)."},
+    {0, NULL},
+};
+
+static PyType_Spec Waker_spec = {
+    .name = "erlang._erlang.Waker",
+    .basicsize = sizeof(WakerObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Waker_slots,
+};
+
+/* Submits the request in out (a frame begun with begin_frame_in) on waker
+ * k with ctx.  Returns the Seq as an int, None when the outbound queue is
+ * full (nothing sent: try again later), or NULL with an exception set. */
+static PyObject *
+submit(module_state *st, erpy_bridge *b, WakerObject *waker, PyObject *ctx, erpy_buf *out)
+{
+    erpy_put_be32(out->data, (uint32_t)(out->len - 4));
+    uint32_t seq = 0;
+    int rc = erpy_async_submit(b, waker->k, ctx, out->data, out->len, &seq);
+    if (rc == EAGAIN)
+        Py_RETURN_NONE;
+    if (rc == EPIPE)
+        return raise_exited(st, b, NULL);
+    if (rc != 0) {
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_INCREF(ctx);      /* the pending call's */
+    b->refs++;           /* the pending call's, dropped when it is taken */
+    return PyLong_FromUnsignedLong(seq);
+}
+
+/* Shared by _submit_call and _submit: checks the waker, finds (or starts)
+ * the helper, encodes with `encode` into the submission buffer and submits.
+ * Returns as submit() does. */
+typedef int (*encoder_fn)(module_state *st, erpy_buf *out, void *arg);
+
+static PyObject *
+submit_with(module_state *st, PyObject *waker, PyObject *ctx, int kind, encoder_fn encode,
+            void *arg)
+{
+    if (!PyObject_TypeCheck(waker, st->Waker)) {
+        PyErr_SetString(PyExc_TypeError, "expected a Waker");
+        return NULL;
+    }
+    if (waker_open((WakerObject *)waker) < 0)
+        return NULL;
+    call_limit lim = {0};
+    erpy_bridge *b = live_bridge(st, &lim);
+    if (b == NULL)
+        return NULL;
+    erpy_buf local = {0};
+    erpy_buf *out = abuf_busy ? &local : &abuf;
+    int mine = out == &abuf;
+    abuf_busy = 1;
+    PyObject *res = NULL;
+    if (begin_frame_in(out, kind) == 0 && encode(st, out, arg) == 0 &&
+        waker_open((WakerObject *)waker) == 0)
+        res = submit(st, b, (WakerObject *)waker, ctx, out);
+    if (mine) {
+        abuf_busy = 0;
+        if (abuf.cap > (1 << 20))
+            erpy_buf_free(&abuf);
+    } else {
+        erpy_buf_free(&local);
+    }
+    bridge_unref(b);
+    return res;
+}
+
+typedef struct {
+    PyObject *const *args;
+    Py_ssize_t nargs;
+} call_args;
+
+static int
+encode_call_args(module_state *st, erpy_buf *out, void *arg)
+{
+    call_args *a = arg;
+    return encode_call(st, out, a->args, a->nargs);
+}
+
+static int
+encode_object(module_state *st, erpy_buf *out, void *arg)
+{
+    return erpy_encode(&st->codec, out, (PyObject *)arg);
+}
+
+/* _submit_call(waker, ctx, name, *args) -> seq | None */
+static PyObject *
+m_submit_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    module_state *st = get_state(module);
+    if (nargs < 3) {
+        PyErr_SetString(PyExc_TypeError, "_submit_call(waker, ctx, name, *args)");
+        return NULL;
+    }
+    call_args a = {args + 2, nargs - 2};
+    return submit_with(st, args[0], args[1], ERPY_K_CALL_ASYNC, encode_call_args, &a);
+}
+
+/* _submit(waker, ctx, kind, payload) -> seq | None: APPLY or EVAL (the sync
+ * kind's number), payload encoded as it is. */
+static PyObject *
+m_submit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    module_state *st = get_state(module);
+    if (nargs != 4 || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "_submit(waker, ctx, kind, payload)");
+        return NULL;
+    }
+    long kind = PyLong_AsLong(args[2]);
+    if (kind != ERPY_K_APPLY && kind != ERPY_K_EVAL) {
+        PyErr_SetString(PyExc_ValueError, "bad request kind");
+        return NULL;
+    }
+    int akind = kind == ERPY_K_APPLY ? ERPY_K_APPLY_ASYNC : ERPY_K_EVAL_ASYNC;
+    return submit_with(st, args[0], args[1], akind, encode_object, args[3]);
+}
+
+/* _withdraw(seq) -> ctx | None: takes a pending async call back (its
+ * process in the helper is killed, a late reply dropped); None when it has
+ * already finished. */
+static PyObject *
+m_withdraw(PyObject *module, PyObject *arg)
+{
+    unsigned long seq = PyLong_AsUnsignedLong(arg);
+    if (seq == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    erpy_bridge *b = erpy_bridge_current();
+    if (b == NULL || seq == 0 || seq > UINT32_MAX)
+        Py_RETURN_NONE;
+    erpy_pending *p;
+    Py_BEGIN_ALLOW_THREADS
+    p = erpy_async_withdraw(b, (uint32_t)seq);
+    Py_END_ALLOW_THREADS
+    if (p == NULL)
+        Py_RETURN_NONE;
+    PyObject *ctx = p->ctx;
+    bridge_unref(p->bridge);
+    erpy_pending_free(p);
+    return ctx;
 }
 
 /* Frees a NULL-terminated array of strings made by to_cstrings. */
@@ -1017,6 +1439,11 @@ static PyMethodDef erpy_methods[] = {
     {"_next_output", m_next_output, METH_O, "_next_output(timeout) -> (kind, bytes) | None"},
     {"_parse_frames", m_parse_frames, METH_O, "_parse_frames(data) -> [(kind, worker, seq, payload)]"},
     {"_wake_output", m_wake_output, METH_NOARGS, "_wake_output()"},
+    {"_submit_call", (PyCFunction)(void (*)(void))m_submit_call, METH_FASTCALL,
+     "_submit_call(waker, ctx, name, *args) -> seq | None"},
+    {"_submit", (PyCFunction)(void (*)(void))m_submit, METH_FASTCALL,
+     "_submit(waker, ctx, kind, payload) -> seq | None"},
+    {"_withdraw", m_withdraw, METH_O, "_withdraw(seq) -> ctx | None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1037,6 +1464,7 @@ erpy_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->make_exited);
     Py_VISIT(st->write_output);
     Py_VISIT(st->CallTimeout);
+    Py_VISIT(st->Waker);
     return 0;
 }
 
@@ -1057,6 +1485,7 @@ erpy_clear(PyObject *m)
     Py_CLEAR(st->make_exited);
     Py_CLEAR(st->write_output);
     Py_CLEAR(st->CallTimeout);
+    Py_CLEAR(st->Waker);
     return 0;
 }
 
@@ -1074,6 +1503,14 @@ erpy_exec(PyObject *m)
     if (st->codec.atom_cache == NULL)
         return -1;
     st->call_timeout = -1;
+    st->Waker = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Waker_spec, NULL);
+    if (st->Waker == NULL)
+        return -1;
+    Py_INCREF(st->Waker);
+    if (PyModule_AddObject(m, "Waker", (PyObject *)st->Waker) < 0) {
+        Py_DECREF(st->Waker);
+        return -1;
+    }
     return 0;
 }
 

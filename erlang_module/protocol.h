@@ -24,7 +24,16 @@
 #define ERPY_K_CALL            1    /* {Name :: binary(), Args :: list()} */
 #define ERPY_K_APPLY           2    /* {Module :: atom(), Function :: atom(), Args :: list()} */
 #define ERPY_K_EVAL            3    /* Source :: binary() */
-#define ERPY_K_CANCEL          4    /* [] ; abandons (Worker, Seq): handler killed */
+#define ERPY_K_CANCEL          4    /* [] ; abandons (Worker, Seq): its process killed */
+/* The same requests as async calls: each runs in a process of its own,
+ * keyed by (Worker, Seq), so that many are in flight at once on one worker
+ * (Python sends them on ERPY_ASYNC_WORKER). */
+#define ERPY_K_CALL_ASYNC      5
+#define ERPY_K_APPLY_ASYNC     6
+#define ERPY_K_EVAL_ASYNC      7
+
+/* The worker id of async calls: no thread's; Seq names the call. */
+#define ERPY_ASYNC_WORKER 0xFFFFFFFFu
 
 /* BEAM -> Python */
 #define ERPY_K_OK             16    /* Result */

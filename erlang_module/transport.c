@@ -15,10 +15,23 @@
  * death are noticed even when no call is in flight.  The leader never blocks
  * on another worker: wake-up pipes are non-blocking and one byte is enough.
  *
- * Locks: bridge->lock guards the leader, the waiting list, inboxes and the
- * dead state; bridge->wlock serialises writes; pool_lock guards the free list;
- * out_lock guards the output queue.  Never hold two of them at once except
- * bridge->lock then out_lock (dispatch of output).
+ * Async calls are not a thread's: each is an entry of the bridge's pending
+ * table, keyed by its Seq on the async channel, and its reply goes to the
+ * entry's waker (see transport.h).  While any is pending, the background
+ * thread reads whenever no waiting thread does.
+ *
+ * Writing.  wlock serialises writes to the helper's stdin.  Frames that
+ * must not wait for it (CANCEL, async requests from an event loop) go to
+ * the outbound queue, which whoever holds wlock writes first, in order;
+ * when the pipe is full the background thread finishes the queue as the
+ * pipe drains.
+ *
+ * Locks: bridge->lock guards the leader, the waiting list, inboxes, the
+ * pending table, the outbound queue's list and the dead state;
+ * bridge->wlock serialises writes; pool_lock guards the free list;
+ * out_lock guards the output queue; a waker's lock its done queue.  The
+ * only nestings: wlock then bridge->lock (writing the outbound queue), and
+ * bridge->lock then out_lock or a waker's lock (dispatch).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -105,6 +118,95 @@ erpy_frames_free(erpy_frame *f)
         free(f);
         f = n;
     }
+}
+
+/* ------------------------------------------------------------------ wakers */
+
+erpy_waker *
+erpy_waker_new(void)
+{
+    erpy_waker *k = calloc(1, sizeof *k);
+    int p[2];
+    if (k == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+        int e = errno;
+        free(k);
+        errno = e;
+        return NULL;
+    }
+    k->fd_r = p[0];
+    k->fd_w = p[1];
+    pthread_mutex_init(&k->lock, NULL);
+    return k;
+}
+
+void
+erpy_waker_free(erpy_waker *k)
+{
+    close(k->fd_r);
+    close(k->fd_w);
+    pthread_mutex_destroy(&k->lock);
+    free(k);
+}
+
+/* Adds a finished call to its waker's queue.  Returns the fd to write a
+ * wake-up byte to once the caller's locks are released (or -1: a byte is
+ * already on its way and the owner has not taken the queue since). */
+static int
+waker_push(erpy_pending *p)
+{
+    erpy_waker *k = p->waker;
+    int fd = -1;
+    p->dnext = NULL;
+    pthread_mutex_lock(&k->lock);
+    if (k->done_tail)
+        k->done_tail->dnext = p;
+    else
+        k->done = p;
+    k->done_tail = p;
+    if (!k->signalled) {
+        k->signalled = 1;
+        fd = k->fd_w;
+    }
+    pthread_mutex_unlock(&k->lock);
+    return fd;
+}
+
+erpy_pending *
+erpy_waker_take(erpy_waker *k)
+{
+    /* The pipe first, then the queue: a call finished in between is in the
+     * queue taken now; one finished after it writes a new byte. */
+    drain_fd(k->fd_r);
+    pthread_mutex_lock(&k->lock);
+    erpy_pending *p = k->done;
+    k->done = k->done_tail = NULL;
+    k->signalled = 0;
+    pthread_mutex_unlock(&k->lock);
+    return p;
+}
+
+int
+erpy_waker_wait(erpy_waker *k, int timeout_ms)
+{
+    struct pollfd pf = {k->fd_r, POLLIN, 0};
+    return poll(&pf, 1, timeout_ms);
+}
+
+void
+erpy_pending_free(erpy_pending *p)
+{
+    erpy_frames_free(p->reply);
+    free(p);
+}
+
+uint32_t
+erpy_async_worker_id(void)
+{
+    return ERPY_ASYNC_WORKER;
 }
 
 /* ------------------------------------------------------------ worker pool */
@@ -317,7 +419,64 @@ promote(erpy_bridge *b, erpy_worker *except)
         if (x != except && !x->has_reply)
             return x->pipe_w;
     }
-    return -1;
+    /* No thread to lead, but async calls wait for replies: the background
+     * thread reads for them. */
+    return b->n_pending > 0 ? b->bg_pipe[1] : -1;
+}
+
+/* ------------------------------------------------------ pending async calls */
+
+/* Bucket of seq.  Lock held; b->pcap > 0. */
+static inline erpy_pending **
+ptab_slot(erpy_bridge *b, uint32_t seq)
+{
+    return &b->ptab[seq & (b->pcap - 1)];
+}
+
+/* Inserts p, growing the table when it is fuller than one entry a bucket.
+ * Lock held.  Returns 0 or ENOMEM. */
+static int
+ptab_insert(erpy_bridge *b, erpy_pending *p)
+{
+    if (b->n_pending >= b->pcap) {
+        size_t ncap = b->pcap ? b->pcap * 2 : 64;
+        erpy_pending **nt = calloc(ncap, sizeof *nt);
+        if (nt == NULL)
+            return ENOMEM;
+        for (size_t i = 0; i < b->pcap; i++) {
+            for (erpy_pending *x = b->ptab[i], *n; x; x = n) {
+                n = x->hnext;
+                x->hnext = nt[x->seq & (ncap - 1)];
+                nt[x->seq & (ncap - 1)] = x;
+            }
+        }
+        free(b->ptab);
+        b->ptab = nt;
+        b->pcap = ncap;
+    }
+    erpy_pending **slot = ptab_slot(b, p->seq);
+    p->hnext = *slot;
+    *slot = p;
+    b->n_pending++;
+    return 0;
+}
+
+/* Removes and returns the pending call seq, or NULL.  Lock held. */
+static erpy_pending *
+ptab_remove(erpy_bridge *b, uint32_t seq)
+{
+    if (b->pcap == 0)
+        return NULL;
+    for (erpy_pending **pp = ptab_slot(b, seq); *pp; pp = &(*pp)->hnext) {
+        erpy_pending *p = *pp;
+        if (p->seq == seq) {
+            *pp = p->hnext;
+            p->hnext = NULL;
+            b->n_pending--;
+            return p;
+        }
+    }
+    return NULL;
 }
 
 /* Removes w from the waiting list and steps it down if it leads.  Lock held. */
@@ -358,6 +517,17 @@ mark_dead(erpy_bridge *b, int status, const char *why)
         snprintf(b->why, sizeof b->why, "%s", why);
     for (erpy_worker *x = b->waiting; x; x = x->wnext)
         wake_fd(x->pipe_w);
+    /* Every async call of this helper fails now. */
+    for (size_t i = 0; i < b->pcap; i++) {
+        for (erpy_pending *p = b->ptab[i], *n; p; p = n) {
+            n = p->hnext;
+            p->hnext = NULL;
+            p->dead = 1;
+            wake_fd(waker_push(p));
+        }
+        b->ptab[i] = NULL;
+    }
+    b->n_pending = 0;
     wake_fd(b->bg_pipe[1]);
     pthread_cond_broadcast(&b->cond);
 }
@@ -380,6 +550,21 @@ dispatch(erpy_bridge *b, erpy_frame *f, erpy_worker *self)
             free(f);
         }
         return -1;
+    }
+    if (f->worker == ERPY_ASYNC_WORKER) {
+        /* Output of an async call is shown as it comes; a reply finishes
+         * its call, unless it was withdrawn (timed out, cancelled). */
+        if (f->kind == ERPY_K_OUTPUT) {
+            output_push(f);
+            return -1;
+        }
+        erpy_pending *p = ptab_remove(b, f->seq);
+        if (p == NULL) {
+            free(f);
+            return -1;
+        }
+        p->reply = f;
+        return waker_push(p);
     }
     erpy_worker *w = worker_by_id(f->worker);
     if (w == NULL || w->wait_bridge != b || w->wait_seq != f->seq || w->has_reply) {
@@ -448,6 +633,8 @@ header_ok(const char *h)
     uint32_t worker = erpy_get_be32(h + 1);
     if (worker == 0)
         return kind == ERPY_K_HELLO || kind == ERPY_K_OUTPUT;
+    if (worker == ERPY_ASYNC_WORKER)
+        return kind == ERPY_K_OK || kind == ERPY_K_ERROR || kind == ERPY_K_OUTPUT;
     if (worker > __atomic_load_n(&n_workers, __ATOMIC_ACQUIRE))
         return 0;
     return kind == ERPY_K_OK || kind == ERPY_K_ERROR || kind == ERPY_K_OUTPUT;
@@ -620,6 +807,8 @@ reap(erpy_bridge *b, int wait_ms)
 }
 
 static void capture_err(erpy_bridge *b, const char *buf, size_t n);
+static void oq_kick(erpy_bridge *b);
+static void oq_drop_locked(erpy_bridge *b);
 static int ms_until(uint64_t until, uint64_t now);
 
 /* Reads the helper's stdout to its end (for at most 2 s, then kills the
@@ -666,14 +855,20 @@ enum { LEAD_FRAMES = 1, LEAD_IDLE = 0, LEAD_EINTR = -1, LEAD_DEAD = -2 };
 static int
 lead_once(erpy_bridge *b, erpy_worker *self, int timeout_ms, int extra_fd)
 {
-    struct pollfd pf[2] = {{b->from_fd, POLLIN, 0}, {extra_fd, POLLIN, 0}};
-    int r = poll(pf, extra_fd >= 0 ? 2 : 1, timeout_ms);
+    /* The background thread (self NULL) also finishes the outbound queue
+     * when the pipe has room again.  poll() skips negative fds. */
+    int out_fd = self == NULL && __atomic_load_n(&b->oq_bytes, __ATOMIC_SEQ_CST) > 0
+                 ? b->to_fd : -1;
+    struct pollfd pf[3] = {{b->from_fd, POLLIN, 0}, {extra_fd, POLLIN, 0}, {out_fd, POLLOUT, 0}};
+    int r = poll(pf, 3, timeout_ms);
     if (r < 0)
         return errno == EINTR ? LEAD_EINTR : LEAD_IDLE;
     if (r == 0)
         return LEAD_IDLE;
     if (extra_fd >= 0 && (pf[1].revents & POLLIN))
         drain_fd(extra_fd);
+    if (pf[2].revents != 0)
+        oq_kick(b);
     if (pf[0].revents == 0)
         return LEAD_IDLE;
     erpy_frame *list = NULL, *tail = NULL;
@@ -757,7 +952,8 @@ bg_main(void *arg)
     while (!b->dead) {
         uint64_t now = erpy_now_ns();
         uint64_t idle = now - b->last_activity_ns;
-        if (b->leader == NULL && b->n_waiting == 0 && (idle >= BG_IDLE_NS || b->hello == NULL)) {
+        if (b->leader == NULL && b->n_waiting == 0 &&
+            (idle >= BG_IDLE_NS || b->hello == NULL || b->n_pending > 0)) {
             b->leader = ERPY_BG;
             pthread_mutex_unlock(&b->lock);
             int r = lead_once(b, NULL, 200, b->bg_pipe[0]);
@@ -784,10 +980,15 @@ bg_main(void *arg)
         int ms = 200;
         if (b->n_waiting == 0 && idle < BG_IDLE_NS)
             ms = (int)((BG_IDLE_NS - idle) / 1000000ULL) + 1;
+        int out_fd = __atomic_load_n(&b->oq_bytes, __ATOMIC_SEQ_CST) > 0 ? b->to_fd : -1;
         pthread_mutex_unlock(&b->lock);
-        struct pollfd pf = {b->bg_pipe[0], POLLIN, 0};
-        if (poll(&pf, 1, ms) > 0)
-            drain_fd(b->bg_pipe[0]);
+        struct pollfd pf[2] = {{b->bg_pipe[0], POLLIN, 0}, {out_fd, POLLOUT, 0}};
+        if (poll(pf, 2, ms) > 0) {
+            if (pf[0].revents)
+                drain_fd(b->bg_pipe[0]);
+            if (pf[1].revents)
+                oq_kick(b);
+        }
         pthread_mutex_lock(&b->lock);
     }
     b->threads_running--;
@@ -1037,6 +1238,7 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
         b->rbuf = NULL;
         erpy_frames_free(b->big);
         b->big = NULL;
+        oq_drop_locked(b);
     }
     pthread_mutex_unlock(&b->lock);
     int was_current = 0;
@@ -1055,6 +1257,8 @@ erpy_bridge_free(erpy_bridge *b)
     erpy_frames_free(b->hello);
     erpy_frames_free(b->big);
     free(b->rbuf);
+    oq_drop_locked(b);
+    free(b->ptab);   /* empty: a dead bridge's calls went to their wakers */
     pthread_mutex_destroy(&b->wlock);
     pthread_mutex_destroy(&b->lock);
     pthread_mutex_destroy(&b->tail_lock);
@@ -1085,52 +1289,118 @@ write_all(erpy_bridge *b, const char *buf, size_t len)
     return 0;
 }
 
-/* Writes the pending CANCEL frames if the pipe has room for them now (at
- * most 64 x 15 bytes: under PIPE_BUF, so all or nothing).  wlock held.
- * Returns how many were written. */
+/* Appends a copy of frame[off..len) to the outbound queue (at its head: the
+ * unwritten rest of a frame begun under wlock).  Lock held.  Returns 0 or
+ * ENOMEM. */
 static int
-flush_cancels(erpy_bridge *b)
+oq_append_locked(erpy_bridge *b, const char *frame, size_t len, size_t off, int at_head)
 {
-    char f[64 * (4 + ERPY_HEADER_SIZE + 2)];
-    const size_t one = 4 + ERPY_HEADER_SIZE + 2;
-    pthread_mutex_lock(&b->lock);
-    int n = b->n_cancels;
-    for (int i = 0; i < n; i++) {
-        char *x = f + (size_t)i * one;
-        erpy_put_be32(x, ERPY_HEADER_SIZE + 2);
-        x[4] = ERPY_K_CANCEL;
-        erpy_put_be32(x + 5, b->cancels[i][0]);
-        erpy_put_be32(x + 9, b->cancels[i][1]);
-        x[13] = (char)131;
-        x[14] = 106;   /* NIL_EXT: [] */
+    erpy_obuf *o = malloc(sizeof *o + (len - off));
+    if (o == NULL)
+        return ENOMEM;
+    memcpy(o->data, frame + off, len - off);
+    o->len = len - off;
+    o->off = 0;
+    o->next = NULL;
+    if (at_head) {
+        o->next = b->oq;
+        b->oq = o;
+        if (b->oq_tail == NULL)
+            b->oq_tail = o;
+    } else {
+        if (b->oq_tail)
+            b->oq_tail->next = o;
+        else
+            b->oq = o;
+        b->oq_tail = o;
     }
-    pthread_mutex_unlock(&b->lock);
-    if (n == 0 || b->to_fd < 0)
-        return 0;
-    ssize_t w;
-    do
-        w = write(b->to_fd, f, (size_t)n * one);
-    while (w < 0 && errno == EINTR);
-    if (w != (ssize_t)((size_t)n * one))
-        return 0;   /* EAGAIN: no room yet; the next writer tries again */
-    pthread_mutex_lock(&b->lock);
-    int left = b->n_cancels - n;   /* others may have queued more meanwhile */
-    memmove(b->cancels, b->cancels + n, (size_t)left * sizeof b->cancels[0]);
-    __atomic_store_n(&b->n_cancels, left, __ATOMIC_SEQ_CST);
-    pthread_mutex_unlock(&b->lock);
-    return n;
+    __atomic_add_fetch(&b->oq_bytes, o->len, __ATOMIC_SEQ_CST);
+    return 0;
 }
 
-/* After letting go of wlock: pending cancels queued while it was held are
- * written by whoever can take it now. */
+/* Drops the outbound queue (the helper is gone).  Lock held. */
 static void
-flush_cancels_unlocked(erpy_bridge *b)
+oq_drop_locked(erpy_bridge *b)
 {
-    while (__atomic_load_n(&b->n_cancels, __ATOMIC_SEQ_CST) > 0 &&
+    for (erpy_obuf *o = b->oq, *n; o; o = n) {
+        n = o->next;
+        free(o);
+    }
+    b->oq = b->oq_tail = NULL;
+    __atomic_store_n(&b->oq_bytes, 0, __ATOMIC_SEQ_CST);
+}
+
+/* Writes what the pipe takes of buf[0..len) without blocking.  wlock held.
+ * Returns the bytes written; *err is 0, EAGAIN (pipe full) or an errno. */
+static size_t
+write_some(erpy_bridge *b, const char *buf, size_t len, int *err)
+{
+    size_t done = 0;
+    *err = 0;
+    while (done < len) {
+        ssize_t n = write(b->to_fd, buf + done, len - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            *err = errno == EWOULDBLOCK ? EAGAIN : errno;
+            break;
+        }
+        done += (size_t)n;
+    }
+    return done;
+}
+
+/* Writes queued frames, oldest first, while the pipe takes them.  Only the
+ * holder of wlock removes from the queue, so its head stays valid without
+ * the lock.  wlock held.  Returns 0 (queue empty), EAGAIN (pipe full) or
+ * an errno value (the helper is gone: the queue is dropped). */
+static int
+oq_flush(erpy_bridge *b)
+{
+    for (;;) {
+        pthread_mutex_lock(&b->lock);
+        erpy_obuf *o = b->oq;
+        pthread_mutex_unlock(&b->lock);
+        if (o == NULL)
+            return 0;
+        int err = b->to_fd < 0 ? EPIPE : 0;
+        if (err == 0)
+            o->off += write_some(b, o->data + o->off, o->len - o->off, &err);
+        if (err != 0 && err != EAGAIN) {
+            pthread_mutex_lock(&b->lock);
+            oq_drop_locked(b);
+            pthread_mutex_unlock(&b->lock);
+            return err;
+        }
+        if (o->off < o->len)
+            return EAGAIN;
+        pthread_mutex_lock(&b->lock);
+        b->oq = o->next;
+        if (b->oq == NULL)
+            b->oq_tail = NULL;
+        __atomic_sub_fetch(&b->oq_bytes, o->len, __ATOMIC_SEQ_CST);
+        pthread_mutex_unlock(&b->lock);
+        free(o);
+    }
+}
+
+/* Without wlock: writes the outbound queue if wlock is free now.  When the
+ * pipe is full the background thread finishes it as the pipe drains; when
+ * another thread holds wlock, that thread writes it on its way out.  (The
+ * emptiness check after each unlock closes the window in which a frame is
+ * queued while the holder is leaving.) */
+static void
+oq_kick(erpy_bridge *b)
+{
+    while (__atomic_load_n(&b->oq_bytes, __ATOMIC_SEQ_CST) > 0 &&
            pthread_mutex_trylock(&b->wlock) == 0) {
-        int done = flush_cancels(b);
+        int r = oq_flush(b);
         pthread_mutex_unlock(&b->wlock);
-        if (done == 0)
+        if (r == EAGAIN) {
+            wake_fd(b->bg_pipe[1]);
+            break;
+        }
+        if (r != 0)
             break;
     }
 }
@@ -1140,28 +1410,166 @@ erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len, uint64_t until_ns
 {
     if (wlock_until(b, until_ns) != 0)
         return ETIMEDOUT;
-    int rc = b->to_fd < 0 ? EPIPE : write_all(b, buf, len);
-    if (rc == 0 && __atomic_load_n(&b->n_cancels, __ATOMIC_SEQ_CST) > 0)
-        (void)flush_cancels(b);
+    int rc = 0;
+    if (b->to_fd < 0) {
+        rc = EPIPE;
+    } else {
+        /* Queued frames first, in order (the head may be half written). */
+        while (__atomic_load_n(&b->oq_bytes, __ATOMIC_SEQ_CST) > 0 &&
+               (rc = oq_flush(b)) == EAGAIN) {
+            struct pollfd p = {b->to_fd, POLLOUT, 0};
+            if (poll(&p, 1, -1) < 0 && errno != EINTR) {
+                rc = errno;
+                break;
+            }
+            rc = 0;
+        }
+        if (rc == 0)
+            rc = write_all(b, buf, len);
+    }
     pthread_mutex_unlock(&b->wlock);
-    flush_cancels_unlocked(b);
+    oq_kick(b);
     return rc;
 }
 
 void
 erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq)
 {
+    char f[4 + ERPY_HEADER_SIZE + 2];
+    erpy_put_be32(f, ERPY_HEADER_SIZE + 2);
+    f[4] = ERPY_K_CANCEL;
+    erpy_put_be32(f + 5, worker);
+    erpy_put_be32(f + 9, seq);
+    f[13] = (char)131;
+    f[14] = 106;   /* NIL_EXT: [] */
     pthread_mutex_lock(&b->lock);
-    /* A full queue drops the cancel: the helper then lets that call run to
-     * its end, and its late reply is dropped as stale like any other. */
-    int n = b->n_cancels;   /* only changed under lock */
-    if (n < (int)(sizeof b->cancels / sizeof b->cancels[0])) {
-        b->cancels[n][0] = worker;
-        b->cancels[n][1] = seq;
-        __atomic_store_n(&b->n_cancels, n + 1, __ATOMIC_SEQ_CST);
+    /* Out of memory drops the cancel: the helper then lets that call run
+     * to its end, and its late reply is dropped like any other. */
+    if (!b->dead)
+        (void)oq_append_locked(b, f, sizeof f, 0, 0);
+    pthread_mutex_unlock(&b->lock);
+    oq_kick(b);
+}
+
+/* ------------------------------------------------------------ async calls */
+
+int
+erpy_async_submit(erpy_bridge *b, erpy_waker *k, void *ctx, char *buf, size_t len,
+                  uint32_t *seq_out)
+{
+    erpy_pending *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return ENOMEM;
+    pthread_mutex_lock(&b->lock);
+    if (b->dead || b->stopping) {
+        pthread_mutex_unlock(&b->lock);
+        free(p);
+        return EPIPE;
+    }
+    size_t queued = __atomic_load_n(&b->oq_bytes, __ATOMIC_SEQ_CST);
+    if (queued > 0 && queued + len > ERPY_OUTQ_MAX) {
+        pthread_mutex_unlock(&b->lock);
+        free(p);
+        return EAGAIN;
+    }
+    /* One Seq space for every bridge of the process: a Seq withdrawn late
+     * can never name a call of the helper started after its own died. */
+    static uint32_t last_seq;
+    uint32_t seq = __atomic_add_fetch(&last_seq, 1, __ATOMIC_RELAXED);
+    if (seq == 0)
+        seq = __atomic_add_fetch(&last_seq, 1, __ATOMIC_RELAXED);
+    p->seq = seq;
+    p->bridge = b;
+    p->waker = k;
+    p->ctx = ctx;
+    if (ptab_insert(b, p) != 0) {
+        pthread_mutex_unlock(&b->lock);
+        free(p);
+        return ENOMEM;
+    }
+    erpy_put_be32(buf + 5, ERPY_ASYNC_WORKER);
+    erpy_put_be32(buf + 9, seq);
+    /* Nobody reads the channel: the background thread leads from now on. */
+    int wake_bg = b->leader == NULL && b->n_waiting == 0;
+    int rc = 0, direct = b->oq == NULL;
+    if (!direct)
+        rc = oq_append_locked(b, buf, len, 0, 0);   /* behind what waits */
+    pthread_mutex_unlock(&b->lock);
+    if (direct) {
+        if (pthread_mutex_trylock(&b->wlock) == 0) {
+            pthread_mutex_lock(&b->lock);
+            int empty = b->oq == NULL;   /* nothing half written before us */
+            pthread_mutex_unlock(&b->lock);
+            size_t off = 0;
+            int err = 0;
+            if (empty && b->to_fd >= 0)
+                off = write_some(b, buf, len, &err);
+            if (off < len && (err == 0 || err == EAGAIN)) {
+                pthread_mutex_lock(&b->lock);
+                rc = oq_append_locked(b, buf, len, off, off > 0);
+                pthread_mutex_unlock(&b->lock);
+            }
+            /* Any other error: the helper is gone; the reader will see it
+             * and finish this call as dead. */
+            pthread_mutex_unlock(&b->wlock);
+        } else {
+            pthread_mutex_lock(&b->lock);
+            rc = oq_append_locked(b, buf, len, 0, 0);
+            pthread_mutex_unlock(&b->lock);
+        }
+    }
+    if (rc != 0) {
+        /* Never written: withdraw it (it may have been finished as dead
+         * meanwhile, then the reader owns it). */
+        pthread_mutex_lock(&b->lock);
+        erpy_pending *x = ptab_remove(b, seq);
+        pthread_mutex_unlock(&b->lock);
+        if (x != NULL) {
+            free(x);
+            return ENOMEM;
+        }
+    }
+    if (wake_bg)
+        wake_fd(b->bg_pipe[1]);
+    oq_kick(b);
+    *seq_out = seq;
+    return 0;
+}
+
+erpy_pending *
+erpy_async_withdraw(erpy_bridge *b, uint32_t seq)
+{
+    pthread_mutex_lock(&b->lock);
+    erpy_pending *p = ptab_remove(b, seq);
+    pthread_mutex_unlock(&b->lock);
+    if (p != NULL)
+        erpy_bridge_cancel(b, ERPY_ASYNC_WORKER, seq);
+    return p;
+}
+
+erpy_pending *
+erpy_async_withdraw_all(erpy_bridge *b, erpy_waker *k)
+{
+    erpy_pending *list = NULL;
+    pthread_mutex_lock(&b->lock);
+    for (size_t i = 0; i < b->pcap; i++) {
+        for (erpy_pending **pp = &b->ptab[i]; *pp;) {
+            erpy_pending *p = *pp;
+            if (p->waker == k) {
+                *pp = p->hnext;
+                b->n_pending--;
+                p->hnext = NULL;
+                p->dnext = list;
+                list = p;
+            } else {
+                pp = &p->hnext;
+            }
+        }
     }
     pthread_mutex_unlock(&b->lock);
-    flush_cancels_unlocked(b);
+    for (erpy_pending *p = list; p; p = p->dnext)
+        erpy_bridge_cancel(b, ERPY_ASYNC_WORKER, p->seq);
+    return list;
 }
 
 /* ---------------------------------------------------------------- waiting */

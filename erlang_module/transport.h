@@ -92,13 +92,54 @@ typedef struct erpy_bridge {
     size_t tail_len;
     uint64_t err_total;           /* bytes captured in all */
     int err_eof;
-    /* CANCEL frames (worker, seq) that found the write lock taken: written
-     * by whoever holds it next.  Under lock; n_cancels also read without. */
-    uint32_t cancels[64][2];
-    int n_cancels;
+    /* Outbound queue: frames written by whoever holds wlock next (never
+     * blocking a caller that must not block: event loops, CANCEL).  The
+     * list is under lock, its bytes are written under wlock; oq_bytes is
+     * also read without the lock (atomic). */
+    struct erpy_obuf *oq, *oq_tail;
+    size_t oq_bytes;
+    /* Pending async calls, by Seq: open hash, power-of-two buckets. */
+    struct erpy_pending **ptab;
+    size_t pcap, n_pending;
 } erpy_bridge;
 
 #define ERPY_BG ((erpy_worker *)1)
+
+/* --- calls in flight without a thread: the pending-call table
+ *
+ * An async call (CALL_ASYNC, APPLY_ASYNC, EVAL_ASYNC) is not tied to a
+ * thread: it is an erpy_pending in its bridge's table, keyed by its Seq on
+ * the async channel (worker id erpy_async_worker_id()).  Its reply is
+ * routed by that key and handed to the call's *waker*: a queue of finished
+ * calls plus a pipe that is written once when the queue becomes non-empty.
+ * The waker's owner watches the pipe (a thread in poll, or an event loop's
+ * add_reader) and takes the finished calls in batches.  When the helper
+ * dies, every pending call of its bridge is finished with dead = 1. */
+typedef struct erpy_waker {
+    int fd_r, fd_w;               /* both non-blocking, close-on-exec */
+    pthread_mutex_t lock;         /* the done queue and `signalled` */
+    struct erpy_pending *done, *done_tail;
+    int signalled;                /* a byte was written since the owner last took the queue */
+} erpy_waker;
+
+typedef struct erpy_pending {
+    struct erpy_pending *hnext;   /* hash chain (bridge lock) */
+    struct erpy_pending *dnext;   /* done queue (waker lock) */
+    struct erpy_bridge *bridge;
+    erpy_waker *waker;
+    uint32_t seq;
+    int dead;                     /* finished because the helper died */
+    erpy_frame *reply;            /* OK / ERROR frame, once finished */
+    void *ctx;                    /* the caller's (a PyObject *: module.c, GIL) */
+} erpy_pending;
+
+/* A frame waiting in a bridge's outbound queue (partly written when it is
+ * the head and off > 0). */
+typedef struct erpy_obuf {
+    struct erpy_obuf *next;
+    size_t len, off;
+    char data[];
+} erpy_obuf;
 
 /* --- spawn.c */
 int erpy_spawn(char *const argv[], char *const envp[], pid_t *pid,
@@ -152,6 +193,43 @@ int erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len, uint64_t unti
 /* Sends CANCEL for (worker, seq) without ever blocking: when the write lock
  * is taken, or the pipe is full, the frame waits for the next writer. */
 void erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq);
+
+/* --- async calls (transport.c; no GIL) */
+
+/* The worker id of the async channel (a pool id of its own, >= 1). */
+uint32_t erpy_async_worker_id(void);
+
+/* A new waker, or NULL with errno set. */
+erpy_waker *erpy_waker_new(void);
+/* Frees a waker whose calls have all been taken or withdrawn. */
+void erpy_waker_free(erpy_waker *k);
+/* Takes the finished calls (oldest first) and consumes the wake-up byte. */
+erpy_pending *erpy_waker_take(erpy_waker *k);
+/* Waits up to timeout_ms (< 0: no limit) for the waker's pipe.  Returns > 0
+ * when readable, 0 on timeout, -1 with errno (EINTR). */
+int erpy_waker_wait(erpy_waker *k, int timeout_ms);
+
+/* Bytes in the outbound queue past which async calls wait for room. */
+#define ERPY_OUTQ_MAX ((size_t)32 << 20)
+
+/* Registers an async call of ctx on waker k and queues its request (buf: a
+ * whole frame whose Worker and Seq fields this fills in).  Never blocks.
+ * Returns 0 with *seq and *pending set, EPIPE when b is dead (nothing
+ * sent), EAGAIN when the outbound queue is full (nothing sent: wait for
+ * room), or ENOMEM. */
+int erpy_async_submit(erpy_bridge *b, erpy_waker *k, void *ctx, char *buf, size_t len,
+                      uint32_t *seq);
+
+/* Withdraws the pending call seq of b: removed from the table (its late
+ * reply will be dropped) and a CANCEL queued.  Returns the call (the caller
+ * frees it with erpy_pending_free) or NULL when it is no longer pending. */
+erpy_pending *erpy_async_withdraw(erpy_bridge *b, uint32_t seq);
+
+/* Withdraws every pending call of waker k in b (the waker's owner is going
+ * away).  Returns them as a dnext list. */
+erpy_pending *erpy_async_withdraw_all(erpy_bridge *b, erpy_waker *k);
+
+void erpy_pending_free(erpy_pending *p);
 
 /* Results of erpy_call and erpy_wait. */
 enum {

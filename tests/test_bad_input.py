@@ -307,7 +307,9 @@ def test_reply_for_an_idle_worker_of_another_thread_is_dropped():
 # HelperExited and the next call starts a fresh helper.
 PROTOCOL_ERRORS = [
     ("unknown-worker", [(16, 1 << 20, 0, b"\x83\x6a")]),
-    ("worker-max", [raw(b"\x10\xff\xff\xff\xff\x00\x00\x00\x01\x83\x6a")]),
+    # (16#FFFFFFFF is the async channel: see test_async_channel_stray_reply...)
+    ("worker-max-minus-1", [raw(b"\x10\xff\xff\xff\xfe\x00\x00\x00\x01\x83\x6a")]),
+    ("async-channel-hello", [raw(b"\x12\xff\xff\xff\xff\x00\x00\x00\x01\x83\x6a")]),
     ("worker-0-ok", [raw(b"\x10" + b"\x00" * 8 + b"\x83\x6a")]),
     ("worker-0-kind-0", [raw(b"\x00" * 9 + b"\x83\x6a")]),
     ("worker-0-kind-255", [raw(b"\xff" + b"\x00" * 8)]),
@@ -467,3 +469,17 @@ def test_calling_unknown_names_from_many_threads_never_creates_atoms():
     assert not any(t.is_alive() for t in ts)
     assert wrong == []
     assert atom_count() - before <= 2
+
+
+def test_async_channel_stray_replies_are_dropped_and_never_reach_a_pending_call():
+    # Replies on the async channel (worker 16#FFFFFFFF) for Seqs that no call
+    # waits for, and one for a call still pending: none reaches a future.
+    pid = helper_pid()
+    pending = erlang.call_async("sleep_echo", 400, "the real one")
+    strays = [raw(b"\x10\xff\xff\xff\xff" + seq.to_bytes(4, "big")
+                  + erlang.term_to_binary("stray %d" % seq))
+              for seq in (1, 2, 0xFFFFFFFF)]
+    assert erlang.call("reply_frames", strays, 0, "own") == "own"
+    assert pending.result(10) == "the real one"
+    assert list(erlang.map("echo", range(20))) == list(range(20))
+    assert helper_pid() == pid

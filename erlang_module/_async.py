@@ -1,0 +1,329 @@
+"""Many calls in flight: futures and erlang.map.
+
+An async call is not a thread's: the C core submits it without blocking and
+hands its reply to a *waker* (``_erlang.Waker``), a queue of finished calls
+with a descriptor that turns readable when the queue fills.  In the helper
+each async call runs in a process of its own, so any number run at once,
+and withdrawing a call (a timeout, ``Future.cancel()``) kills exactly that
+process.
+
+* ``call_async``/``apply_async`` return ``concurrent.futures.Future``s; one
+  daemon thread, ``erlang-futures``, waits on their common waker and
+  completes them, and expires their timeouts.
+* ``map`` runs in the consuming thread with a waker of its own: no Future
+  objects, no hand-over to another Python thread.
+* ``erlang.asyncio`` gives each event loop a waker it watches with
+  ``add_reader``.
+"""
+import heapq
+import math
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError
+
+from . import _erlang, _helper
+from ._errors import CallTimeout
+from ._types import Atom
+
+# Request kinds (erlang_module/protocol.h)
+K_APPLY = 2
+K_EVAL = 3
+
+# Timeouts longer than this (about 31 years) mean no limit, as for call().
+_TIMEOUT_MAX = 1e9
+
+
+def limit(timeout):
+    """The time limit of a call in seconds (None: none), from its timeout
+    argument (None: the call_timeout start option), checked as call() checks
+    it.  0 means no time to wait: the call is not sent."""
+    own = timeout is not None
+    if not own:
+        timeout = _helper.call_timeout()
+        if timeout is None:
+            return None, own
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError("timeout must be a number or None, not %s" % type(timeout).__name__)
+    try:
+        t = float(timeout)
+    except OverflowError:
+        t = math.inf if timeout > 0 else -1.0
+    if not t >= 0:
+        raise ValueError("timeout must be >= 0 (or None)")
+    return (None if t > _TIMEOUT_MAX else t), own
+
+
+def timeout_error(seconds, own, sent=True):
+    name = "timeout" if own else "call_timeout"
+    if not sent:
+        return CallTimeout("%s=%g s leaves no time for a reply: the call was not sent"
+                           % (name, seconds))
+    return CallTimeout("no reply within %s=%g s" % (name, seconds))
+
+
+def apply_payload(module, function, args):
+    for what, v in (("module", module), ("function", function)):
+        if not isinstance(v, str):
+            raise TypeError("%s must be a str, not %s" % (what, type(v).__name__))
+    if not isinstance(args, (list, tuple)):
+        raise TypeError("args must be a list or tuple, not %s" % type(args).__name__)
+    return (Atom(module), Atom(function), list(args))
+
+
+def eval_payload(source):
+    if not isinstance(source, str):
+        raise TypeError("source must be a str, not %s" % type(source).__name__)
+    return source
+
+
+# ------------------------------------------------------------------ futures
+
+class _CallFuture(Future):
+    """A Future whose cancel() also cancels the call in the helper."""
+
+    _seq = None
+
+    def cancel(self):
+        if not super().cancel():
+            return False
+        if self._seq is not None:
+            _erlang._withdraw(self._seq)
+        return True
+
+    # Done-callbacks run in the futures thread.  One that waits for another
+    # of these futures there would wait for itself: that thread completes
+    # futures while it waits instead.
+    def result(self, timeout=None):
+        _runner_waits_for(self, timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        _runner_waits_for(self, timeout)
+        return super().exception(timeout)
+
+
+def _runner_waits_for(fut, timeout):
+    r = _runner
+    if r is None or fut.done() or threading.current_thread() is not r.thread:
+        return
+    end = None if timeout is None else time.monotonic() + timeout
+    while not fut.done():
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        r.run_once(left)
+
+
+class _Runner:
+    """The thread that completes call_async/apply_async futures."""
+
+    def __init__(self):
+        self.waker = _erlang.Waker()
+        self.lock = threading.Lock()
+        self.deadlines = []        # heap of (deadline, n, future)
+        self.n = 0
+        self.thread = threading.Thread(target=self._main, name="erlang-futures", daemon=True)
+        self.thread.start()
+
+    def add_deadline(self, fut, seconds, own):
+        with self.lock:
+            self.n += 1
+            entry = (time.monotonic() + seconds, self.n, fut, seconds, own)
+            first = not self.deadlines or entry < self.deadlines[0]
+            heapq.heappush(self.deadlines, entry)
+        if first:
+            self.waker.kick()
+
+    def _main(self):
+        while True:
+            self.run_once(None)
+
+    def run_once(self, limit):
+        """Waits (at most `limit` seconds, or until the next deadline) for
+        finished calls, and completes them and the expired ones."""
+        with self.lock:
+            wait = (max(0.0, self.deadlines[0][0] - time.monotonic())
+                    if self.deadlines else None)
+        if limit is not None:
+            wait = limit if wait is None else min(wait, limit)
+        self.waker.wait(wait)
+        for fut, ok, value in self.waker.take():
+            _settle(fut, ok, value)
+        if self.deadlines:
+            self._expire()
+
+    def _expire(self):
+        now = time.monotonic()
+        while True:
+            with self.lock:
+                if not self.deadlines or self.deadlines[0][0] > now:
+                    return
+                _, _, fut, seconds, own = heapq.heappop(self.deadlines)
+            if not fut.done() and _erlang._withdraw(fut._seq) is not None:
+                _settle(fut, False, timeout_error(seconds, own))
+
+
+def _settle(fut, ok, value):
+    try:
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    except InvalidStateError:
+        pass                       # cancelled meanwhile
+
+
+_runner = None
+_runner_lock = threading.Lock()
+
+
+def _the_runner():
+    global _runner
+    r = _runner
+    if r is None:
+        with _runner_lock:
+            if _runner is None:
+                _runner = _Runner()
+            r = _runner
+    return r
+
+
+def _submit_future(submit, timeout):
+    seconds, own = limit(timeout)
+    fut = _CallFuture()
+    if seconds == 0:
+        fut.set_exception(timeout_error(0, own, sent=False))
+        return fut
+    runner = _the_runner()
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while True:
+        seq = submit(runner.waker, fut)
+        if seq is not None:
+            break
+        # The outbound queue is full (the helper is not reading): wait for
+        # room, the timeout counting.
+        if deadline is not None and time.monotonic() >= deadline:
+            fut.set_exception(CallTimeout(
+                "%s=%g s passed while the outbound queue was full: the call was not sent"
+                % ("timeout" if own else "call_timeout", seconds)))
+            return fut
+        time.sleep(0.001)
+    fut._seq = seq
+    if seconds is not None:
+        runner.add_deadline(fut, seconds, own)
+    return fut
+
+
+def call_async(name, *args, timeout=None):
+    """Like :func:`erlang.call`, but returns a :class:`concurrent.futures.Future`
+    at once; no thread waits for the reply.  ``fut.cancel()`` (while the call
+    runs) kills the Erlang process running it; ``timeout`` makes the future
+    fail with :class:`CallTimeout`, likewise cancelling the call.  Values that
+    cannot be encoded raise here, before anything is sent."""
+    return _submit_future(lambda w, f: _erlang._submit_call(w, f, name, *args), timeout)
+
+
+def apply_async(module, function, args=(), timeout=None):
+    """Like :func:`erlang.apply`, returning a :class:`concurrent.futures.Future`."""
+    payload = apply_payload(module, function, args)
+    return _submit_future(lambda w, f: _erlang._submit(w, f, K_APPLY, payload), timeout)
+
+
+# ---------------------------------------------------------------------- map
+
+def map(name, *iterables, timeout=None, in_flight=64):
+    """Calls the registered function ``name`` with the items of ``iterables``
+    (``name(a, b, ...)`` for each zipped item), keeping up to ``in_flight``
+    calls running at once, and yields the results in input order, as
+    :meth:`concurrent.futures.Executor.map` does.
+
+    The inputs are read lazily, as room for more calls frees up.  An Erlang
+    exception (or an input that cannot be encoded, or an exception raised by
+    the iterable) is raised when its item is reached; the calls still in
+    flight are then cancelled, as they are when the generator is closed.
+    ``timeout`` (seconds) counts from this call: reaching an item after it
+    raises :class:`CallTimeout`."""
+    if not isinstance(name, (str, bytes)):
+        raise TypeError("function name must be str or bytes, not %s" % type(name).__name__)
+    if isinstance(in_flight, bool) or not isinstance(in_flight, int):
+        raise TypeError("in_flight must be an int, not %s" % type(in_flight).__name__)
+    if in_flight < 1:
+        raise ValueError("in_flight must be >= 1")
+    seconds, own = limit(timeout)
+    if not iterables:
+        raise TypeError("map() needs at least one iterable")
+    items = zip(*iterables)
+    return _map(name, items, seconds, own, in_flight)
+
+
+def _map(name, items, seconds, own, in_flight):
+    deadline = None if seconds is None else time.monotonic() + seconds
+    waker = _erlang.Waker()
+    submit = _erlang._submit_call
+    done = {}                  # index -> (ok, value), finished out of order
+    seqs = {}                  # index -> Seq, still pending
+    failed = {}                # index -> exception raised before sending
+    sent = taken = 0           # items read from the input; results yielded
+    source_error = None
+    try:
+        while True:
+            while source_error is None and sent - taken < in_flight:
+                try:
+                    args = next(items)
+                except StopIteration:
+                    source_error = StopIteration
+                    break
+                except BaseException as e:
+                    source_error = e
+                    break
+                if seconds == 0:
+                    failed[sent] = timeout_error(0, own, sent=False)
+                else:
+                    try:
+                        seq = submit(waker, sent, name, *args)
+                        while seq is None:      # outbound queue full
+                            if deadline is not None and time.monotonic() >= deadline:
+                                raise timeout_error(seconds, own, sent=False)
+                            time.sleep(0.001)
+                            seq = submit(waker, sent, name, *args)
+                        seqs[sent] = seq
+                    except Exception as e:
+                        failed[sent] = e
+                sent += 1
+            if taken == sent:
+                if source_error is not StopIteration and source_error is not None:
+                    raise source_error
+                return
+            if taken in failed:
+                raise failed.pop(taken)
+            while taken not in done:
+                wait = None
+                if deadline is not None:
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        raise timeout_error(seconds, own)
+                if waker.wait(wait):
+                    for i, ok, value in waker.take():
+                        done[i] = (ok, value)
+            ok, value = done.pop(taken)
+            del seqs[taken]
+            taken += 1
+            if not ok:
+                raise value
+            yield value
+    finally:
+        for seq in seqs.values():
+            _erlang._withdraw(seq)
+        waker.close()
+
+
+def _after_fork_in_child():
+    # The runner thread and its waker belong to the parent.
+    global _runner, _runner_lock
+    _runner = None
+    _runner_lock = threading.Lock()
+
+
+import os as _os  # noqa: E402
+
+_os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,116 @@
+"""Erlang calls from asyncio: ``await erlang.asyncio.call(...)``.
+
+Each event loop gets a waker whose descriptor it watches (``add_reader``):
+replies wake the loop, which completes the calls' futures.  Nothing blocks
+the loop: requests are written without blocking (or queued), and a call
+that finds the outbound queue full waits for room with ``asyncio.sleep``,
+its timeout counting.  Works with any loop that supports ``add_reader``
+(the default selector loop, uvloop).
+
+Cancelling the awaiting task (``task.cancel()``, ``asyncio.wait_for``
+running out, ``timeout=``) kills the Erlang process running that call; its
+late reply is dropped.
+"""
+import asyncio as _asyncio
+import weakref as _weakref
+
+from . import _async, _erlang, _helper
+
+__all__ = ["call", "apply", "eval"]
+
+# loop -> _LoopWaker.  Weak: a loop that is gone takes its waker with it,
+# which withdraws the calls still pending on it.
+_wakers = _weakref.WeakKeyDictionary()
+
+
+class _LoopWaker:
+    __slots__ = ("waker", "__weakref__")
+
+    def __init__(self, loop):
+        self.waker = _erlang.Waker()
+        loop.add_reader(self.waker.fileno(), _ready, self.waker)
+
+
+def _ready(waker):
+    try:
+        finished = waker.take()
+    except ValueError:           # closed under us
+        return
+    for ref, ok, value in finished:
+        fut = ref()
+        if fut is None or fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _waker_of(loop):
+    w = _wakers.get(loop)
+    if w is None:
+        w = _wakers[loop] = _LoopWaker(loop)
+    return w.waker
+
+
+async def _started():
+    """Starts the helper, if none runs, in a thread: start-up takes a
+    tenth of a second or more, and the loop must not wait for it."""
+    if not _erlang.is_running():
+        loop = _asyncio.get_running_loop()
+        await loop.run_in_executor(None, _helper.autostart)
+
+
+def _expire(fut, seq, seconds, own):
+    if not fut.done() and _erlang._withdraw(seq) is not None:
+        fut.set_exception(_async.timeout_error(seconds, own))
+
+
+async def _run(submit, timeout):
+    seconds, own = _async.limit(timeout)
+    if seconds == 0:
+        raise _async.timeout_error(0, own, sent=False)
+    loop = _asyncio.get_running_loop()
+    if not _erlang.is_running():
+        await _started()
+    deadline = None if seconds is None else loop.time() + seconds
+    waker = _waker_of(loop)
+    fut = loop.create_future()
+    # The pending call holds the future weakly: a task nobody awaits any
+    # more does not keep it (nor the loop) alive from C.
+    seq = submit(waker, _weakref.ref(fut))
+    while seq is None:            # the outbound queue is full: wait for room
+        if deadline is not None and loop.time() >= deadline:
+            raise _async.timeout_error(seconds, own, sent=False)
+        await _asyncio.sleep(0.001)
+        seq = submit(waker, _weakref.ref(fut))
+    timer = None
+    if deadline is not None:
+        timer = loop.call_at(deadline, _expire, fut, seq, seconds, own)
+    try:
+        return await fut
+    except BaseException:
+        # Cancelled (or the loop is going away): take the call back.
+        if not fut.done() or fut.cancelled():
+            _erlang._withdraw(seq)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+async def call(name, *args, timeout=None):
+    """Awaitable :func:`erlang.call`: ``await erlang.asyncio.call("double_it", 21)``."""
+    return await _run(lambda w, r: _erlang._submit_call(w, r, name, *args), timeout)
+
+
+async def apply(module, function, args=(), timeout=None):
+    """Awaitable :func:`erlang.apply`."""
+    payload = _async.apply_payload(module, function, args)
+    return await _run(lambda w, r: _erlang._submit(w, r, _async.K_APPLY, payload), timeout)
+
+
+async def eval(source, timeout=None):
+    """Awaitable :func:`erlang.eval`."""
+    payload = _async.eval_payload(source)
+    return await _run(lambda w, r: _erlang._submit(w, r, _async.K_EVAL, payload), timeout)
