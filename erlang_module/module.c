@@ -42,7 +42,7 @@ typedef struct {
     erpy_codec codec;
     /* Set by erlang/__init__.py through _init_runtime; strong references. */
     PyObject *autostart;      /* () -> None: starts the default helper */
-    PyObject *make_error;     /* (kind, reason, stacktrace) -> Error instance */
+    PyObject *make_error;     /* (kind, reason, stacktrace[, message]) -> Error instance */
     PyObject *make_exited;    /* (status, why, stderr_tail) -> HelperExited instance */
     PyObject *write_output;   /* (stream, data) -> None */
     PyObject *CallTimeout;    /* class */
@@ -469,10 +469,15 @@ finish(module_state *st, erpy_frame *frames)
         PyObject *t = decode_payload(st, reply->payload, reply->plen);
         if (t != NULL) {
             PyObject *exc = NULL;
-            if (PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 3)
+            /* {Class, Reason, Stacktrace, Message} from a handler, or
+             * {Class, Reason, Stacktrace} (no text: Python words it). */
+            Py_ssize_t n = PyTuple_Check(t) ? PyTuple_GET_SIZE(t) : 0;
+            if (n == 3 || n == 4)
                 exc = PyObject_CallFunctionObjArgs(st->make_error, PyTuple_GET_ITEM(t, 0),
                                                    PyTuple_GET_ITEM(t, 1),
-                                                   PyTuple_GET_ITEM(t, 2), NULL);
+                                                   PyTuple_GET_ITEM(t, 2),
+                                                   n == 4 ? PyTuple_GET_ITEM(t, 3) : Py_None,
+                                                   NULL);
             else
                 PyErr_SetString(PyExc_ValueError, "malformed ERROR reply from the helper");
             if (exc != NULL) {
