@@ -50,6 +50,7 @@ typedef struct {
     double call_timeout;      /* seconds; < 0: none */
     unsigned long starter;    /* thread running start-up (modules, on_start), or 0 */
     erpy_decode_opts dopts;
+    erpy_encode_opts eopts;
     unsigned long main_thread;
 } module_state;
 
@@ -125,7 +126,7 @@ m_term_to_binary(PyObject *module, PyObject *obj)
     if (erpy_buf_reserve(b, 64) < 0)
         goto done;
     b->data[b->len++] = (char)131;
-    if (erpy_encode(&st->codec, b, obj) < 0)
+    if (erpy_encode(&st->codec, NULL, b, obj) < 0)
         goto done;
     res = PyBytes_FromStringAndSize(b->data, (Py_ssize_t)b->len);
 done:
@@ -182,7 +183,7 @@ m_binary_to_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
             return NULL;
         }
     }
-    erpy_decode_opts o;
+    erpy_decode_opts o = {0};   /* the default table: no start option applies */
     int bb = erpy_parse_binaries_opt(binaries);
     if (bb < 0)
         return NULL;
@@ -587,11 +588,11 @@ encode_name(module_state *st, erpy_worker *w, PyObject *name)
         PyObject *plain = PyUnicode_FromObject(name);
         if (plain == NULL)
             return -1;
-        int r = erpy_encode(&st->codec, &w->out, plain);
+        int r = erpy_encode(&st->codec, &st->eopts, &w->out, plain);
         Py_DECREF(plain);
         return r;
     }
-    return erpy_encode(&st->codec, &w->out, name);
+    return erpy_encode(&st->codec, &st->eopts, &w->out, name);
 }
 
 /* The calling thread's worker, marked busy; NULL with an exception set when
@@ -698,7 +699,7 @@ call_impl(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *const *arg
         erpy_put_be32(d + 1, (uint32_t)n);
         w->out.len += 5;
         for (Py_ssize_t i = 1; i < nargs; i++)
-            if (erpy_encode(&st->codec, &w->out, args[i]) < 0)
+            if (erpy_encode(&st->codec, &st->eopts, &w->out, args[i]) < 0)
                 return NULL;
     }
     if (erpy_buf_reserve(&w->out, 1) < 0)
@@ -729,7 +730,7 @@ m_request(PyObject *module, PyObject *args)
     PyObject *res = NULL;
     erpy_worker *w = my_worker();
     if (w != NULL) {
-        if (begin_frame(w, kind) < 0 || erpy_encode(&st->codec, &w->out, payload) < 0)
+        if (begin_frame(w, kind) < 0 || erpy_encode(&st->codec, &st->eopts, &w->out, payload) < 0)
             res = release_worker(w, NULL);
         else
             res = release_worker(w, roundtrip(st, b, w, &lim));
@@ -788,15 +789,17 @@ error:
 
 static PyObject *start_handshake(module_state *st, erpy_bridge *b, double timeout);
 
-/* _start(argv, env, timeout, call_timeout, binaries) -> hello dict */
+/* _start(argv, env, timeout, call_timeout, binaries, elixir=False) -> hello dict
+ * elixir: nil decodes to None and None encodes as nil (Elixir's null). */
 static PyObject *
 m_start(PyObject *module, PyObject *args)
 {
     module_state *st = get_state(module);
     PyObject *argv_o, *env_o, *binaries;
     double timeout, call_timeout;
-    if (!PyArg_ParseTuple(args, "OOddO:_start", &argv_o, &env_o, &timeout, &call_timeout,
-                          &binaries))
+    int elixir = 0;
+    if (!PyArg_ParseTuple(args, "OOddO|p:_start", &argv_o, &env_o, &timeout, &call_timeout,
+                          &binaries, &elixir))
         return NULL;
     int bb = erpy_parse_binaries_opt(binaries);
     if (bb < 0)
@@ -831,6 +834,8 @@ m_start(PyObject *module, PyObject *args)
     b->refs++;   /* ours, for the rest of this function */
     st->call_timeout = call_timeout;
     st->dopts.binaries_as_bytes = bb;
+    st->dopts.nil_as_none = elixir;
+    st->eopts.none_as_nil = elixir;
     st->starter = PyThread_get_thread_ident();
     PyObject *hello = start_handshake(st, b, timeout);
     bridge_unref(b);
@@ -1002,7 +1007,7 @@ static PyMethodDef erpy_methods[] = {
     {"call", (PyCFunction)(void (*)(void))m_call, METH_FASTCALL | METH_KEYWORDS,
      "call(name, *args, timeout=None): call a registered Erlang function"},
     {"_request", m_request, METH_VARARGS, "_request(kind, payload, timeout)"},
-    {"_start", m_start, METH_VARARGS, "_start(argv, env, timeout, call_timeout, binaries)"},
+    {"_start", m_start, METH_VARARGS, "_start(argv, env, timeout, call_timeout, binaries, elixir=False)"},
     {"_stop", m_stop, METH_O, "_stop(timeout) -> bool"},
     {"_set_ready", m_set_ready, METH_NOARGS, "_set_ready()"},
     {"is_running", m_is_running, METH_NOARGS, "is_running() -> bool: is a helper up"},
