@@ -8,8 +8,10 @@
 {application, py,
  [{description, "Runs Erlang functions for the Python package erlang"},
   {vsn, "0.1.0"},
-  {modules, [py, py_app, py_boot, py_coordinator, py_handler, py_sup, py_user]},
+  {modules, [py, py_app, py_boot, py_coordinator, py_error, py_handler, py_sup, py_user]},
   {registered, [py_sup, py_coordinator]},
   {applications, [kernel, stdlib]},
   {mod, {py_app, []}},
-  {env, []}]}.
+  %% elixir: true when started by erlang.start(elixir=True) (`-py elixir
+  %% true`): py_boot starts Elixir first, py_error words errors as Elixir.
+  {env, [{elixir, false}]}]}.

@@ -49,9 +49,17 @@
 %%
 %%   BEAM -> Python
 %%   OK     16  Result: the value the call returned.
-%%   ERROR  17  {Class, Reason, Stacktrace}: the call raised
+%%   ERROR  17  {Class, Reason, Stacktrace, Message}: the call raised
 %%              (Class = error | throw | exit).  The stack trace leaves out
-%%              the helper's own frames.  Reasons the helper makes itself
+%%              the helper's own frames; each location's file is a UTF-8
+%%              binary.  Message :: binary() is the text Erlang prints for
+%%              the exception (py_error: erl_error:format_exception/4 with
+%%              extended error info, cut to about 4000 characters; Elixir's
+%%              message for an Elixir exception), or <<>> if formatting
+%%              failed.  A 3-tuple {Class, Reason, Stacktrace} (no text) is
+%%              valid too: the coordinator sends one when a handler dies,
+%%              and a handler when the 4-tuple cannot be encoded; Python
+%%              then words the message itself.  Reasons the helper makes itself
 %%              (those marked [] come with an empty stack trace):
 %%                error:{undefined_function, Name}   [] CALL of a Name that
 %%                                                   is not registered

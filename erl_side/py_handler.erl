@@ -73,8 +73,7 @@ handle(<<Kind, Worker:32, Seq:32, Payload/binary>> = Frame, Port) ->
                 {<<?K_OK, Worker:32, Seq:32>>, Result}
         catch
             Class:Reason:Stack ->
-                {<<?K_ERROR, Worker:32, Seq:32>>,
-                 term_to_binary({Class, Reason, user_stack(Stack)})}
+                {<<?K_ERROR, Worker:32, Seq:32>>, error_reply(Class, Reason, Stack)}
         end,
     erase('$py_call'),
     true = port_command(Port, [Header, Body]),
@@ -120,6 +119,18 @@ call(Name, Args) ->
             Module:Function(Args);
         [] ->
             erlang:raise(error, {undefined_function, Name}, [])
+    end.
+
+%% The ERROR payload {Class, Reason, Stacktrace, Message}: Message is the
+%% text Erlang prints for the exception (py_error).  Should even that reply
+%% fail to encode, the 3-tuple without text is sent, with the reason Python
+%% can still show; a handler must always answer.
+error_reply(Class, Reason, Stack) ->
+    User = user_stack(Stack),
+    try
+        term_to_binary({Class, Reason, py_error:stack(User), py_error:format(Class, Reason, User)})
+    catch
+        _:_ -> term_to_binary({Class, Reason, User})
     end.
 
 %% The stack trace Python sees ends at the user's code: this module's frames

@@ -22,8 +22,9 @@
 
 %% BEAM -> Python
 -define(K_OK,     16).   %% Result
--define(K_ERROR,  17).   %% {Class, Reason, Stacktrace}; also {exit, Reason, []} from
-                         %% the coordinator when a handler dies mid-call
+-define(K_ERROR,  17).   %% {Class, Reason, Stacktrace, Message :: binary()} (Erlang's
+                         %% text, <<>> if none); also {exit, Reason, []} (no text)
+                         %% from the coordinator when a handler dies mid-call
 -define(K_HELLO,  18).   %% worker 0: #{protocol, otp_release, erts_version, node, os_pid}
 -define(K_OUTPUT, 19).   %% {stdout | stderr, Data :: binary()}; Worker/Seq of the
                          %% call that printed it (sent before its reply), or 0/0.

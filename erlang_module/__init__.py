@@ -99,6 +99,12 @@ def start(**options):
     ``after_fork``    ``"restart"`` (default): a forked child's first call
                       starts a helper of its own; ``"error"``: it raises
                       HelperExited until the child calls start()
+    ``elixir``        True: put the Elixir on PATH on the code path and start
+                      its ``elixir`` application; or the path of an
+                      ``elixir`` executable.  Then ``nil`` decodes to None
+                      and None encodes as ``nil`` (``undefined`` stays an
+                      Atom), and Elixir exceptions carry Elixir's message.
+                      FileNotFoundError if there is no Elixir there.
 
     After the helper dies, the next call starts a new one with the same
     options."""

@@ -33,33 +33,56 @@ _MACHINERY = frozenset(["erl_eval", "py_handler", "py_coordinator"])
 _MACHINERY_FUNS = frozenset([("py", "eval"), ("py", "eval_sequences"), ("py", "load_source")])
 
 
+def _where(frames):
+    """" in mod:fun/arity" for the first frame outside the machinery, or ""."""
+    for frame in frames or ():
+        if isinstance(frame, tuple) and len(frame) == 4:
+            mod, fun, arity, _loc = frame
+            if mod in _MACHINERY or (mod, fun) in _MACHINERY_FUNS:
+                continue
+            if isinstance(arity, list):
+                arity = len(arity)
+            return " in " + _mfa(mod, fun, arity)
+    return ""
+
+
 class Error(RuntimeError):
     """An Erlang function raised: ``kind`` is ``'error'``, ``'throw'`` or
     ``'exit'``, ``reason`` the decoded reason, ``stacktrace`` the decoded
     Erlang stack trace (a list of ``(Module, Function, ArityOrArgs,
-    Location)`` tuples, possibly empty)."""
+    Location)`` tuples, possibly empty; a location's ``file`` is a ``str``).
+    The message is the first line ``Erlang <kind> in <mod:fun/arity>: ...``
+    followed by the text Erlang itself prints for the exception (the
+    helper's ``erl_error:format_exception/4``, or Elixir's own message for
+    an Elixir exception)."""
 
-    def __init__(self, kind, reason, stacktrace=()):
+    def __init__(self, kind, reason, stacktrace=(), message=None):
         self.kind = kind
         self.reason = reason
         self.stacktrace = stacktrace
+        # Erlang's text, as the helper formatted it (None or "": none came).
+        if isinstance(message, (bytes, bytearray)):      # binaries="bytes"
+            message = bytes(message).decode("utf-8", "replace")
+        self._erlang_text = message if isinstance(message, str) and message else None
         super().__init__(self._message())
 
+    def _text(self):
+        """Erlang's text without its "exception error: " lead (the first
+        line says the kind already), or None."""
+        text = self._erlang_text
+        if text is None:
+            return None
+        lead = "exception %s: " % self.kind
+        return text[len(lead):] if text.startswith(lead) else text
+
     def _message(self):
-        where = ""
-        for frame in self.stacktrace or ():
-            if isinstance(frame, tuple) and len(frame) == 4:
-                mod, fun, arity, _loc = frame
-                if mod in _MACHINERY or (mod, fun) in _MACHINERY_FUNS:
-                    continue
-                if isinstance(arity, list):
-                    arity = len(arity)
-                where = " in " + _mfa(mod, fun, arity)
-                break
-        return "Erlang %s%s: %s" % (self.kind, where, _short(self.reason))
+        text = self._text()
+        if text is None:
+            text = _short(self.reason)
+        return "Erlang %s%s: %s" % (self.kind, _where(self.stacktrace), text)
 
     def __reduce__(self):
-        return (type(self), (self.kind, self.reason, self.stacktrace))
+        return (type(self), (self.kind, self.reason, self.stacktrace, self._erlang_text))
 
 
 class UndefinedFunction(Error):
@@ -70,11 +93,16 @@ class UndefinedFunction(Error):
         r = self.reason
         if isinstance(r, tuple) and len(r) == 2 and r[0] == "undefined_function":
             return "no Erlang function registered as %s" % _short(r[1], 100)
-        for frame in self.stacktrace or ():
-            if isinstance(frame, tuple) and len(frame) == 4:
-                mod, fun, args, _loc = frame
-                n = len(args) if isinstance(args, list) else args
-                return "undefined Erlang function " + _mfa(mod, fun, n)
+        frames = [f for f in self.stacktrace or () if isinstance(f, tuple) and len(f) == 4]
+        text = self._text()
+        if text is not None:
+            # The top frame is the missing function, which Erlang's text
+            # names; "in" names its caller.
+            return "Erlang error%s: %s" % (_where(frames[1:]), text)
+        if frames:
+            mod, fun, args, _loc = frames[0]
+            n = len(args) if isinstance(args, list) else args
+            return "undefined Erlang function " + _mfa(mod, fun, n)
         return "undefined Erlang function"
 
 
@@ -98,14 +126,15 @@ class HelperExited(ConnectionError):
         return (type(self), (self.args[0], self.status, self.stderr))
 
 
-def make_error(kind, reason, stacktrace):
-    """Builds the exception for an ERROR reply (called from C)."""
+def make_error(kind, reason, stacktrace, message=None):
+    """Builds the exception for an ERROR reply (called from C); message is
+    Erlang's text for it (a str), or None."""
     if kind == "error" and (
         reason == "undef"
         or (isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "undefined_function")
     ):
-        return UndefinedFunction(kind, reason, stacktrace)
-    return Error(kind, reason, stacktrace)
+        return UndefinedFunction(kind, reason, stacktrace, message)
+    return Error(kind, reason, stacktrace, message)
 
 
 def make_exited(wait_status, why, stderr_text, starting=False):

@@ -257,6 +257,7 @@ typedef struct {
     erpy_codec *c;
     erpy_buf *b;
     int depth;
+    int none_as_nil;
 } erpy_enc;
 
 static int enc_term(erpy_enc *e, PyObject *obj);
@@ -660,8 +661,9 @@ enc_tuple(erpy_enc *e, PyObject *obj)
 }
 
 /* Keys distinct in Python can be one term in Erlang: 'a' and b'a' (both
- * <<"a">>), None and Atom('undefined'), ('a',) and (b'a',).  Erlang refuses
- * a map with a repeated key, so such a dict must fail here, before sending.
+ * <<"a">>), None and Atom('undefined') (Atom('nil') in Elixir mode), ('a',)
+ * and (b'a',).  Erlang refuses a map with a repeated key, so such a dict
+ * must fail here, before sending.
  * While encoding, each key's type is noted (a few pointer compares); only
  * when the types seen can collide (str with bytes, atoms with None/bool,
  * anything but those and int/float) are the keys encoded again, apart, and
@@ -717,7 +719,7 @@ static int
 check_distinct_keys(erpy_enc *e, PyObject *obj, Py_ssize_t n)
 {
     erpy_buf tmp = {0};
-    erpy_enc te = {e->c, &tmp, e->depth};
+    erpy_enc te = {e->c, &tmp, e->depth, e->none_as_nil};
     size_t *off = PyMem_Malloc((2 * (size_t)n + 1) * sizeof *off);
     PyObject **keys = PyMem_Malloc((size_t)n * sizeof *keys);
     size_t cap = 16;
@@ -1014,7 +1016,8 @@ ERPY_NOINLINE static int
 enc_singleton(erpy_enc *e, PyObject *obj)
 {
     if (obj == Py_None)
-        return enc_atom_utf8(e->b, "undefined", 9);
+        return e->none_as_nil ? enc_atom_utf8(e->b, "nil", 3)
+                              : enc_atom_utf8(e->b, "undefined", 9);
     if (obj == Py_True)
         return enc_atom_utf8(e->b, "true", 4);
     return enc_atom_utf8(e->b, "false", 5);
@@ -1085,9 +1088,9 @@ erpy_term_to_binary_big(PyObject *obj, int *handled)
 }
 
 int
-erpy_encode(erpy_codec *c, erpy_buf *b, PyObject *obj)
+erpy_encode(erpy_codec *c, const erpy_encode_opts *o, erpy_buf *b, PyObject *obj)
 {
-    erpy_enc e = {c, b, 0};
+    erpy_enc e = {c, b, 0, o != NULL && o->none_as_nil};
     return enc_term(&e, obj);
 }
 
@@ -1372,6 +1375,7 @@ opaque_ei_agrees(PyObject *raw)
 typedef struct {
     erpy_codec *c;
     int as_bytes;
+    int nil_as_none;
     const unsigned char *start, *p, *end;
     int depth;
 } erpy_dec;
@@ -1622,8 +1626,8 @@ dec_binary(erpy_dec *d, const unsigned char *s, size_t n)
 }
 
 /* An atom of `size` bytes at `at` (inside the input), any of the four forms,
- * read by ei_decode_atom_as as UTF-8.  true/false/undefined are the Python
- * singletons; other names are erlang.Atom instances, shared through the
+ * read by ei_decode_atom_as as UTF-8.  true/false/undefined (nil in Elixir
+ * mode) are the Python singletons; other names are erlang.Atom instances, shared through the
  * bounded atom_cache (keyed by the UTF-8 name).  Returns a new reference. */
 ERPY_NOINLINE static PyObject *
 dec_atom(erpy_dec *d, const unsigned char *at, size_t size)
@@ -1649,7 +1653,13 @@ dec_atom(erpy_dec *d, const unsigned char *at, size_t size)
     }
     const unsigned char *s = (const unsigned char *)name;
     PyObject *key = NULL, *str = NULL, *atom = NULL;
+    /* The name that is None: undefined, or nil in Elixir mode (where
+     * undefined stays an Atom).  Tested only for names of that length. */
     switch (n) {
+    case 3:
+        if (d->nil_as_none && memcmp(s, "nil", 3) == 0)
+            Py_RETURN_NONE;
+        break;
     case 4:
         if (memcmp(s, "true", 4) == 0)
             Py_RETURN_TRUE;
@@ -1659,7 +1669,7 @@ dec_atom(erpy_dec *d, const unsigned char *at, size_t size)
             Py_RETURN_FALSE;
         break;
     case 9:
-        if (memcmp(s, "undefined", 9) == 0)
+        if (!d->nil_as_none && memcmp(s, "undefined", 9) == 0)
             Py_RETURN_NONE;
         break;
     }
@@ -2323,7 +2333,7 @@ dec_compressed(erpy_dec *d)
         goto error;
     }
     const unsigned char *u = (const unsigned char *)PyBytes_AS_STRING(out);
-    erpy_dec inner = {d->c, d->as_bytes, u, u, u + usize, d->depth};
+    erpy_dec inner = {d->c, d->as_bytes, d->nil_as_none, u, u, u + usize, d->depth};
     res = dec_term(&inner);
     if (res != NULL && inner.p != inner.end) {
         Py_CLEAR(res);
@@ -2350,8 +2360,8 @@ erpy_decode(erpy_codec *c, const erpy_decode_opts *o, const char *buf, size_t le
         malformed_at(start, start + len, "truncated");
         return NULL;
     }
-    erpy_dec d = {c, o != NULL && o->binaries_as_bytes, start, start + *index,
-                  start + len, 0};
+    erpy_dec d = {c, o != NULL && o->binaries_as_bytes, o != NULL && o->nil_as_none,
+                  start, start + *index, start + len, 0};
     PyObject *r = *d.p == T_COMPRESSED ? dec_compressed(&d) : dec_term(&d);
     if (r != NULL)
         *index = (size_t)(d.p - start);

@@ -75,15 +75,22 @@ typedef struct {
 /* Decoding options (per call, from the helper's start options). */
 typedef struct {
     int binaries_as_bytes;   /* 1: every binary decodes to bytes */
+    int nil_as_none;         /* 1 (Elixir mode): the atom nil decodes to None and
+                                undefined to an Atom; 0: undefined is None */
 } erpy_decode_opts;
 
+/* Encoding options (from the helper's start options). */
+typedef struct {
+    int none_as_nil;         /* 1 (Elixir mode): None encodes as nil, not undefined */
+} erpy_encode_opts;
+
 /* Appends the external-term-format encoding of obj to b, WITHOUT the leading
- * version byte (131).  On error b->len is unspecified (callers reset it) and
+ * version byte (131); o may be NULL (the default table).  On error b->len is unspecified (callers reset it) and
  * an exception is set: TypeError for unsupported types (naming the type),
  * ValueError for NaN/inf floats, atoms over 255 characters, bad BitString,
  * UnicodeEncodeError for str with lone surrogates, RecursionError for nesting
  * deeper than the recursion limit (or ERPY_MAX_DEPTH, whichever is lower). */
-int erpy_encode(erpy_codec *c, erpy_buf *b, PyObject *obj);
+int erpy_encode(erpy_codec *c, const erpy_encode_opts *o, erpy_buf *b, PyObject *obj);
 
 /* term_to_binary of a large binary (exact bytes, bytearray or str of at
  * least ERPY_BIG_BINARY bytes), written straight into the result: one copy

@@ -43,7 +43,7 @@ typedef struct {
     erpy_codec codec;
     /* Set by erlang/__init__.py through _init_runtime; strong references. */
     PyObject *autostart;      /* () -> None: starts the default helper */
-    PyObject *make_error;     /* (kind, reason, stacktrace) -> Error instance */
+    PyObject *make_error;     /* (kind, reason, stacktrace[, message]) -> Error instance */
     PyObject *make_exited;    /* (status, why, stderr_tail) -> HelperExited instance */
     PyObject *write_output;   /* (stream, data) -> None */
     PyObject *CallTimeout;    /* class */
@@ -52,6 +52,7 @@ typedef struct {
     double call_timeout;      /* seconds; < 0: none */
     unsigned long starter;    /* thread running start-up (modules, on_start), or 0 */
     erpy_decode_opts dopts;
+    erpy_encode_opts eopts;
     unsigned long main_thread;
 } module_state;
 
@@ -127,7 +128,7 @@ m_term_to_binary(PyObject *module, PyObject *obj)
     if (erpy_buf_reserve(b, 64) < 0)
         goto done;
     b->data[b->len++] = (char)131;
-    if (erpy_encode(&st->codec, b, obj) < 0)
+    if (erpy_encode(&st->codec, NULL, b, obj) < 0)
         goto done;
     res = PyBytes_FromStringAndSize(b->data, (Py_ssize_t)b->len);
 done:
@@ -184,7 +185,7 @@ m_binary_to_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
             return NULL;
         }
     }
-    erpy_decode_opts o;
+    erpy_decode_opts o = {0};   /* the default table: no start option applies */
     int bb = erpy_parse_binaries_opt(binaries);
     if (bb < 0)
         return NULL;
@@ -470,9 +471,13 @@ error_of(module_state *st, erpy_frame *reply)
     if (t == NULL)
         return NULL;
     PyObject *exc = NULL;
-    if (PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 3)
+    /* {Class, Reason, Stacktrace, Message} from a handler, or
+     * {Class, Reason, Stacktrace} (no text: Python words it). */
+    Py_ssize_t n = PyTuple_Check(t) ? PyTuple_GET_SIZE(t) : 0;
+    if (n == 3 || n == 4)
         exc = PyObject_CallFunctionObjArgs(st->make_error, PyTuple_GET_ITEM(t, 0),
-                                           PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2), NULL);
+                                           PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2),
+                                           n == 4 ? PyTuple_GET_ITEM(t, 3) : Py_None, NULL);
     else
         PyErr_SetString(PyExc_ValueError, "malformed ERROR reply from the helper");
     Py_DECREF(t);
@@ -610,11 +615,11 @@ encode_name(module_state *st, erpy_buf *out, PyObject *name)
         PyObject *plain = PyUnicode_FromObject(name);
         if (plain == NULL)
             return -1;
-        int r = erpy_encode(&st->codec, out, plain);
+        int r = erpy_encode(&st->codec, &st->eopts, out, plain);
         Py_DECREF(plain);
         return r;
     }
-    return erpy_encode(&st->codec, out, name);
+    return erpy_encode(&st->codec, &st->eopts, out, name);
 }
 
 /* Appends {Name :: binary(), Args :: list()} for call(name, *args): args[0]
@@ -637,7 +642,7 @@ encode_call(module_state *st, erpy_buf *out, PyObject *const *args, Py_ssize_t n
         erpy_put_be32(d + 1, (uint32_t)n);
         out->len += 5;
         for (Py_ssize_t i = 1; i < nargs; i++)
-            if (erpy_encode(&st->codec, out, args[i]) < 0)
+            if (erpy_encode(&st->codec, &st->eopts, out, args[i]) < 0)
                 return -1;
     }
     if (erpy_buf_reserve(out, 1) < 0)
@@ -759,7 +764,7 @@ m_request(PyObject *module, PyObject *args)
     PyObject *res = NULL;
     erpy_worker *w = my_worker();
     if (w != NULL) {
-        if (begin_frame(w, kind) < 0 || erpy_encode(&st->codec, &w->out, payload) < 0)
+        if (begin_frame(w, kind) < 0 || erpy_encode(&st->codec, &st->eopts, &w->out, payload) < 0)
             res = release_worker(w, NULL);
         else
             res = release_worker(w, roundtrip(st, b, w, &lim));
@@ -1107,7 +1112,7 @@ encode_call_args(module_state *st, erpy_buf *out, void *arg)
 static int
 encode_object(module_state *st, erpy_buf *out, void *arg)
 {
-    return erpy_encode(&st->codec, out, (PyObject *)arg);
+    return erpy_encode(&st->codec, &st->eopts, out, (PyObject *)arg);
 }
 
 /* _submit_call(waker, ctx, name, *args) -> seq | None */
@@ -1216,15 +1221,17 @@ error:
 
 static PyObject *start_handshake(module_state *st, erpy_bridge *b, double timeout);
 
-/* _start(argv, env, timeout, call_timeout, binaries) -> hello dict */
+/* _start(argv, env, timeout, call_timeout, binaries, elixir=False) -> hello dict
+ * elixir: nil decodes to None and None encodes as nil (Elixir's null). */
 static PyObject *
 m_start(PyObject *module, PyObject *args)
 {
     module_state *st = get_state(module);
     PyObject *argv_o, *env_o, *binaries;
     double timeout, call_timeout;
-    if (!PyArg_ParseTuple(args, "OOddO:_start", &argv_o, &env_o, &timeout, &call_timeout,
-                          &binaries))
+    int elixir = 0;
+    if (!PyArg_ParseTuple(args, "OOddO|p:_start", &argv_o, &env_o, &timeout, &call_timeout,
+                          &binaries, &elixir))
         return NULL;
     int bb = erpy_parse_binaries_opt(binaries);
     if (bb < 0)
@@ -1259,6 +1266,8 @@ m_start(PyObject *module, PyObject *args)
     b->refs++;   /* ours, for the rest of this function */
     st->call_timeout = call_timeout;
     st->dopts.binaries_as_bytes = bb;
+    st->dopts.nil_as_none = elixir;
+    st->eopts.none_as_nil = elixir;
     st->starter = PyThread_get_thread_ident();
     PyObject *hello = start_handshake(st, b, timeout);
     bridge_unref(b);
@@ -1430,7 +1439,7 @@ static PyMethodDef erpy_methods[] = {
     {"call", (PyCFunction)(void (*)(void))m_call, METH_FASTCALL | METH_KEYWORDS,
      "call(name, *args, timeout=None): call a registered Erlang function"},
     {"_request", m_request, METH_VARARGS, "_request(kind, payload, timeout)"},
-    {"_start", m_start, METH_VARARGS, "_start(argv, env, timeout, call_timeout, binaries)"},
+    {"_start", m_start, METH_VARARGS, "_start(argv, env, timeout, call_timeout, binaries, elixir=False)"},
     {"_stop", m_stop, METH_O, "_stop(timeout) -> bool"},
     {"_set_ready", m_set_ready, METH_NOARGS, "_set_ready()"},
     {"is_running", m_is_running, METH_NOARGS, "is_running() -> bool: is a helper up"},

@@ -37,7 +37,9 @@
 
 /* BEAM -> Python */
 #define ERPY_K_OK             16    /* Result */
-#define ERPY_K_ERROR          17    /* {Class, Reason, Stacktrace} */
+#define ERPY_K_ERROR          17    /* {Class, Reason, Stacktrace, Message :: binary()}
+                                       (Erlang's text, <<>> if none), or
+                                       {Class, Reason, Stacktrace} (no text) */
 #define ERPY_K_HELLO          18    /* worker 0: #{protocol, otp_release, erts_version, node, os_pid} */
 #define ERPY_K_OUTPUT         19    /* {stdout | stderr, Data :: binary()}; Worker/Seq of the call
                                        that printed it, or 0/0 */

@@ -105,6 +105,146 @@ def test_error_message_names_the_failing_function_as_erlang_writes_it(call, wher
     assert "py:" not in text and "eval_sequences" not in text
 
 
+# ------------------------------------------- messages as Erlang prints them
+
+def test_message_has_erlangs_extended_error_info():
+    with pytest.raises(erlang.Error) as ei:
+        erlang.apply("ets", "lookup", [erlang.Atom("nosuchtable"), 1])
+    e = ei.value
+    assert (e.kind, e.reason) == ("error", "badarg")
+    assert str(e) == (
+        "Erlang error in ets:lookup/2: bad argument\n"
+        "  in function  ets:lookup/2\n"
+        "     called as ets:lookup(nosuchtable,1)\n"
+        "     *** argument 1: the table identifier does not refer to an existing ETS table")
+
+
+@pytest.mark.parametrize("call", [
+    lambda: erlang.eval("X = 1, X + a"),
+    lambda: erlang.apply("erlang", "+", [1, erlang.Atom("a")]),
+], ids=["eval", "apply"])
+def test_badarith_message_names_the_operator_and_operands(call):
+    with pytest.raises(erlang.Error) as ei:
+        call()
+    text = str(ei.value)
+    assert text.startswith("Erlang error in erlang:'+'/2: an error occurred when "
+                           "evaluating an arithmetic expression\n"), text
+    assert "in operator  +/2" in text and "called as 1 + a" in text
+    # The helper's frames and the evaluator's are not in the text.
+    for machinery in ("py_handler", "erl_eval", "py:", "eval_sequences"):
+        assert machinery not in text
+
+
+def test_message_of_an_error_in_eval_keeps_the_users_frames_only():
+    with pytest.raises(erlang.Error) as ei:
+        erlang.eval("lists:map(fun(X) -> X + 1 end, [1, a]).")
+    text = str(ei.value)
+    assert "called as a + 1" in text
+    assert "in call from lists:map/2" in text
+    assert "erl_eval" not in text and "py:" not in text
+
+
+@pytest.mark.parametrize("args, hint", [
+    ([1], "(lists:seq/2, lists:seq/3 exist)"),
+    ([1, 2, 3, 4], "(lists:seq/2, lists:seq/3 exist)"),
+], ids=["too-few", "too-many"])
+def test_undefined_arity_says_which_arities_exist(args, hint):
+    with pytest.raises(erlang.UndefinedFunction) as ei:
+        erlang.apply("lists", "seq", args)
+    assert (ei.value.kind, ei.value.reason) == ("error", "undef")
+    assert str(ei.value) == "Erlang error: undefined function lists:seq/%d %s" % (
+        len(args), hint)
+
+
+def test_undefined_arity_with_one_other_arity_says_it_exists():
+    with pytest.raises(erlang.UndefinedFunction) as ei:
+        erlang.apply("lists", "nth", [1])
+    assert str(ei.value).endswith("undefined function lists:nth/1 (lists:nth/2 exists)")
+
+
+def test_undefined_module_says_it_is_not_on_the_code_path():
+    with pytest.raises(erlang.UndefinedFunction) as ei:
+        erlang.apply("Elixir.Foo", "bar", [1])
+    assert str(ei.value) == (
+        "Erlang error: undefined function 'Elixir.Foo':bar/1 "
+        "(module 'Elixir.Foo' is not available: not on the code path)")
+
+
+def test_undefined_function_of_a_loaded_module_names_its_caller():
+    erlang.load_module("-module(calls_undef).\n-export([f/0]).\n"
+                       "f() -> {ok, lists:no_such_fun(1)}.\n")   # not a tail call
+    with pytest.raises(erlang.UndefinedFunction) as ei:
+        erlang.apply("calls_undef", "f", [])
+    text = str(ei.value)
+    assert text.startswith("Erlang error in calls_undef:f/0: undefined function "
+                           "lists:no_such_fun/1\n"), text
+
+
+def test_stack_frames_carry_file_names_as_str_and_line_numbers(tmp_path):
+    path = tmp_path / "st_file.erl"
+    path.write_text("-module(st_file).\n-export([f/1]).\n\nf(X) -> erlang:error({bad, X}).\n")
+    erlang.load_module(path)
+    with pytest.raises(erlang.Error) as ei:
+        erlang.apply("st_file", "f", [1])
+    (frame,) = [f for f in ei.value.stacktrace if f[:2] == ("st_file", "f")]
+    location = dict(frame[3])
+    assert location["file"] == str(path)
+    assert location["line"] == 4
+    assert "in function  st_file:f/1 (%s, line 4)" % path in str(ei.value)
+
+
+def test_huge_reason_gives_a_short_message_and_the_whole_reason():
+    big = [list(range(100)) for _ in range(1000)]
+    with pytest.raises(erlang.Error) as ei:
+        erlang.call("raise_error", big)
+    assert ei.value.reason == big
+    text = str(ei.value)
+    assert len(text) < 5000 and "..." in text
+    with pytest.raises(erlang.Error) as ei:
+        erlang.call("raise_throw", "x" * 10_000_000)
+    assert len(ei.value.reason) == 10_000_000
+    assert len(str(ei.value)) < 5000
+
+
+def test_a_reason_erlang_cannot_format_falls_back_to_the_plain_message():
+    # erl_error crashes on a location with a file that is not a string; the
+    # handler still replies, with the message worded on the Python side.
+    pid = helper_pid()
+    with pytest.raises(erlang.Error) as ei:
+        erlang.eval("erlang:raise(error, foo, [{m, f, 0, [{file, 123}, {line, x}]}]).")
+    assert str(ei.value) == "Erlang error in m:f/0: Atom('foo')"
+    assert ei.value.stacktrace == [("m", "f", 0, [("file", 123), ("line", "x")])]
+    assert erlang.call("echo", "after") == "after"
+    assert helper_pid() == pid
+
+
+@pytest.mark.parametrize("source, text", [
+    ("1 + .", "Erlang error: 1: syntax error before: '.'"),
+    ("Y + 1.", "Erlang error: variable 'Y' is unbound"),
+], ids=["syntax", "unbound"])
+def test_eval_errors_are_worded_as_erlang_words_them(source, text):
+    with pytest.raises(erlang.Error) as ei:
+        erlang.eval(source)
+    assert str(ei.value) == text
+
+
+def test_message_survives_pickling():
+    with pytest.raises(erlang.Error) as ei:
+        erlang.apply("ets", "lookup", [erlang.Atom("nosuchtable"), 1])
+    e2 = pickle.loads(pickle.dumps(ei.value))
+    assert str(e2) == str(ei.value)
+    assert e2.stacktrace == ei.value.stacktrace
+
+
+def test_an_error_without_erlangs_text_gets_the_plain_message():
+    # The coordinator reports a handler that died mid-call with no text.
+    with pytest.raises(erlang.Error) as ei:
+        erlang.eval("exit(self(), kill).")
+    assert (ei.value.kind, ei.value.reason) == ("exit", "killed")
+    assert str(ei.value) == "Erlang exit: Atom('killed')"
+    assert erlang.Error("error", "r", [], None).args == ("Erlang error: 'r'",)
+
+
 def test_messages_about_very_long_names_stay_short():
     name = "n" * 100_000
     with pytest.raises(erlang.UndefinedFunction) as ei:
@@ -113,7 +253,11 @@ def test_messages_about_very_long_names_stay_short():
     assert ei.value.reason[1] == name          # the whole name is still there
     with pytest.raises(erlang.UndefinedFunction) as ei:
         erlang.apply("m" * 200, "f", [])
-    assert len(str(ei.value)) < 250
+    # Erlang's line names the module in full once (atoms have at most 255
+    # characters); the note on why it is undefined names it cut short.
+    text = str(ei.value)
+    assert len(text) < 350, text
+    assert text.count("m" * 200) == 1 and "not on the code path" in text
 
 
 # ------------------------------------------------------- undefined functions
