@@ -13,6 +13,7 @@ model.
 import os as _os
 import threading as _threading
 
+from ._version import __version__
 from ._types import Atom, BitString, Fun, ImproperList, Pid, Port, Reference
 from ._errors import CallTimeout, Error, HelperExited, UndefinedFunction
 from . import _erlang, _errors, _helper
@@ -28,8 +29,6 @@ _erlang._init_runtime(
 )
 
 from ._erlang import binary_to_term, call, is_running, term_to_binary  # noqa: E402
-
-__version__ = "0.1.0"
 
 # Request kinds (erlang_module/protocol.h)
 _K_APPLY = 2
