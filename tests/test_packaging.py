@@ -67,7 +67,7 @@ def test_wheel_carries_the_helper_stubs_and_license(built):
     for m in ERL_MODULES:
         assert "erlang/priv/ebin/%s.beam" % m in names
     for n in ["erlang/__init__.py", "erlang/__init__.pyi", "erlang/py.typed",
-              "erlang/_version.py", "erlang/priv/build_info.json",
+              "erlang/__main__.py", "erlang/_version.py", "erlang/priv/build_info.json",
               dist_info + "/licenses/LICENSE"]:
         assert n in names, n
     assert any(re.match(r"erlang/_erlang\..*\.so$", n) for n in names)
@@ -97,7 +97,8 @@ def test_sdist_has_the_sources_and_nothing_built(built):
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
     for n in ["LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "setup.py",
               "erlang_module/__init__.pyi", "erlang_module/py.typed", "erlang_module/protocol.h",
-              "erlang_module/_version.py", "erl_side/py.app"]:
+              "erlang_module/_version.py", "erlang_module/__main__.py", "erl_side/py.app",
+              "tests/typing/check_api.py"]:
         assert n in names, n
     for m in ERL_MODULES:
         assert "erl_side/%s.erl" % m in names
