@@ -3,7 +3,11 @@
 The C extension `erlang._erlang` is built from erlang_module/*.c and linked
 statically against OTP's libei (erl_interface), with libei's symbols kept
 private to the extension (-Wl,--exclude-libs).  The helper's Erlang sources in
-erl_side/ are compiled with erlc into erlang/priv/ebin inside the built package.
+erl_side/ are compiled with erlc into erlang/priv/ebin inside the built package
+(for an editable install, `pip install -e .`, into erlang_module/priv/ebin of
+the checkout, where the editable package looks for them; git ignores it).
+build_py also writes erlang/priv/build_info.json (the ei directory the extension
+was built against, shown by `python -m erlang doctor`).
 
 Environment:
   ERLANG_EI_DIR   erl_interface directory (with include/ and lib/); default:
@@ -13,8 +17,11 @@ Environment:
                   extension with sanitizers, for the test suite under ASan.
   ERLANG_DEBUG    1: -O0 -g.
 """
+import functools
 import glob
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +46,7 @@ def _erl_output(expr):
     ).strip()
 
 
+@functools.lru_cache(maxsize=None)
 def ei_dir():
     d = os.environ.get("ERLANG_EI_DIR")
     if not d:
@@ -61,12 +69,30 @@ class BuildExt(build_ext):
 
 
 class BuildPy(build_py):
-    """Also compiles the helper's Erlang sources into erlang/priv/ebin."""
+    """Also compiles the helper's Erlang sources into erlang/priv/ebin and
+    writes erlang/priv/build_info.json.
+
+    In editable mode build_py copies nothing (the package is the source
+    directory, erlang_module/), so the beams go there: without them the
+    editable package has no helper to start."""
 
     def run(self):
         super().run()
-        out = os.path.join(self.build_lib, "erlang", "priv", "ebin")
-        compile_erl(out)
+        if getattr(self, "editable_mode", False):
+            pkg = os.path.join(HERE, "erlang_module")
+        else:
+            pkg = os.path.join(self.build_lib, "erlang")
+        compile_erl(os.path.join(pkg, "priv", "ebin"))
+        write_build_info(pkg)
+
+
+def package_version():
+    """The version from erlang_module/_version.py (its one place)."""
+    with open(os.path.join(HERE, "erlang_module", "_version.py")) as f:
+        m = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M)
+    if not m:
+        sys.exit("error: no __version__ in erlang_module/_version.py")
+    return m.group(1)
 
 
 def compile_erl(out):
@@ -78,8 +104,22 @@ def compile_erl(out):
     subprocess.check_call(
         [erlc, "-Werror", "-I", os.path.join(HERE, "erl_side"), "-o", out] + srcs
     )
+    # The .app file carries the package's version, which lives in one place.
+    vsn = '{vsn, "%s"}' % package_version()
     for app in glob.glob(os.path.join(HERE, "erl_side", "*.app")):
-        shutil.copy(app, out)
+        with open(app) as f:
+            text = re.sub(r'\{vsn, "[^"]*"\}', vsn, f.read())
+        with open(os.path.join(out, os.path.basename(app)), "w") as f:
+            f.write(text)
+
+
+def write_build_info(pkg):
+    """priv/build_info.json: what the extension was built against (read by
+    `python -m erlang doctor`).  Under priv/ so that an sdist made after an
+    editable install never picks it up as a module."""
+    info = {"ei_dir": ei_dir(), "version": package_version()}
+    with open(os.path.join(pkg, "priv", "build_info.json"), "w") as f:
+        json.dump(info, f)
 
 
 cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-unused-parameter",

@@ -5,9 +5,12 @@
 %% `compiler` is not listed although py:load_source/2 uses it: it is a
 %% library application (no processes), its modules load on first use, and
 %% starting it here would only add to the helper's start-up time.
+%%
+%% `vsn` is filled in by setup.py with the package's version (from
+%% erlang_module/_version.py) when it copies this file into the ebin.
 {application, py,
  [{description, "Runs Erlang functions for the Python package erlang"},
-  {vsn, "0.1.0"},
+  {vsn, "dev"},
   {modules, [py, py_app, py_boot, py_coordinator, py_error, py_handler, py_sup, py_user]},
   {registered, [py_sup, py_coordinator]},
   {applications, [kernel, stdlib]},

@@ -13,6 +13,7 @@ model.
 import os as _os
 import threading as _threading
 
+from ._version import __version__
 from ._types import Atom, BitString, Fun, ImproperList, Pid, Port, Reference
 from ._errors import CallTimeout, Error, HelperExited, UndefinedFunction
 from . import _erlang, _errors, _helper
@@ -30,18 +31,28 @@ _erlang._init_runtime(
 from ._erlang import binary_to_term, call, is_running, term_to_binary  # noqa: E402
 from ._async import apply_async, call_async, map  # noqa: E402
 
-__version__ = "0.1.0"
-
 # Request kinds (erlang_module/protocol.h)
 _K_APPLY = 2
 _K_EVAL = 3
 
 
 def apply(module, function, args=(), timeout=None):
-    """Calls ``Module:Function(Args...)`` in the helper and returns its value.
+    """Calls ``module:function(args...)`` in the helper and returns its value.
 
-    ``module`` and ``function`` are names (str or Atom); ``args`` a list or
-    tuple.  An undefined function raises :class:`UndefinedFunction`."""
+    ``module`` and ``function`` are names (``str`` or :class:`Atom`);
+    ``args`` is a list or tuple of the arguments (its length is the arity).
+    ``timeout`` is in seconds (``None``: the ``call_timeout`` start option,
+    by default no limit).  The first call starts the helper.
+
+    Raises :class:`UndefinedFunction` when the function does not exist,
+    :class:`Error` when it raises (``kind``, ``reason``, ``stacktrace``),
+    :class:`CallTimeout` when ``timeout`` elapses, :class:`HelperExited`
+    when the helper is gone or cannot start, ``TypeError``/``ValueError``
+    for arguments that cannot be sent (nothing is sent then).
+
+    >>> erlang.apply("lists", "reverse", [[1, 2, 3]])
+    [3, 2, 1]
+    """
     for what, v in (("module", module), ("function", function)):
         if not isinstance(v, str):
             raise TypeError("%s must be a str, not %s" % (what, type(v).__name__))
@@ -51,9 +62,22 @@ def apply(module, function, args=(), timeout=None):
 
 
 def eval(source, timeout=None):
-    """Evaluates Erlang expressions (``"X = 1, X + 1."``) in the helper and
-    returns the value of the last one.  The trailing dot is optional; each
-    call starts with no variables bound."""
+    """Evaluates Erlang expressions in the helper and returns the value of
+    the last one.
+
+    ``source`` is Erlang text (``str``), e.g. ``"X = 1, X + 1."``; the
+    trailing dot is optional, several dot-separated forms share their
+    bindings, and each call starts with no variables bound.  ``timeout`` as
+    for :func:`call`.
+
+    Raises :class:`Error` with reason ``('syntax_error', Message)`` for text
+    that does not parse, :class:`Error` when evaluation raises,
+    :class:`CallTimeout`, :class:`HelperExited`; ``TypeError`` when
+    ``source`` is not a ``str``.
+
+    >>> erlang.eval("lists:seq(1, 3).")
+    [1, 2, 3]
+    """
     if not isinstance(source, str):
         raise TypeError("source must be a str, not %s" % type(source).__name__)
     return _erlang._request(_K_EVAL, source, timeout)
@@ -63,10 +87,25 @@ def load_module(path_or_source, timeout=None):
     """Compiles an Erlang module and loads it into the helper; returns the
     module's name as an :class:`Atom`.
 
-    Takes the path of an ``.erl`` file, or the source text itself.  Compile
-    errors raise :class:`Error` with reason ``('compile_error', Messages)``.
-    Modules loaded this way are gone when the helper restarts: load them
-    again from the ``on_start`` start option (or pass them as ``modules``)."""
+    ``path_or_source`` is the path of an ``.erl`` file (``str`` or path
+    object), or the source text itself (a ``str`` holding ``-module(`` or a
+    newline).  The preprocessor
+    runs (``-include`` looks next to the file); loading a module again
+    replaces it.  Modules loaded this way are gone when the helper
+    restarts: load them from the ``on_start`` start option, or pass them as
+    the ``modules`` start option.  ``timeout`` as for :func:`call`.
+
+    Raises :class:`Error` with reason ``('compile_error', Messages)``,
+    ``('load_error', Module, Why)`` or ``('reserved_module', Module)`` (a
+    name of the helper's own), ``OSError`` when the file cannot be read,
+    ``TypeError`` for anything but a path or text, :class:`CallTimeout`,
+    :class:`HelperExited`.
+
+    >>> erlang.load_module("-module(m). -export([f/0]). f() -> 42.")
+    Atom('m')
+    >>> erlang.apply("m", "f", [])
+    42
+    """
     src = path_or_source
     if isinstance(src, _os.PathLike) or (
         isinstance(src, str) and "\n" not in src and "-module(" not in src
@@ -83,11 +122,14 @@ def load_module(path_or_source, timeout=None):
     return _erlang._request(_K_APPLY, (Atom("py"), Atom("load_source"), [text, fname]), timeout)
 
 
-def start(**options):
-    """Starts the helper explicitly (the first call otherwise starts it with
-    the defaults).  Options:
+def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
+          call_timeout=None, binaries="str", on_start=None, env=None,
+          after_fork="restart", elixir=False):
+    """Starts the helper explicitly (otherwise the first call starts it with
+    the default options).  Keyword options:
 
-    ``erl``           path of ``erl`` (default: ``$ERL``, then ``erl`` on PATH)
+    ``erl``           path of ``erl`` (str, bytes or path object; default:
+                      ``$ERL``, then ``erl`` on PATH)
     ``args``          extra ``erl`` flags, e.g. ``["-sname", "py"]``
     ``code_path``     directories added with ``-pa``
     ``modules``       ``.erl`` files compiled and loaded at every start
@@ -95,7 +137,7 @@ def start(**options):
     ``call_timeout``  default ``timeout`` of every call (default None: none)
     ``binaries``      ``"str"`` (default) or ``"bytes"``: how binaries decode
     ``on_start``      callable run after every start (re-register functions)
-    ``env``           extra environment variables for the helper
+    ``env``           extra environment variables for the helper (str: str)
     ``after_fork``    ``"restart"`` (default): a forked child's first call
                       starts a helper of its own; ``"error"``: it raises
                       HelperExited until the child calls start()
@@ -107,14 +149,53 @@ def start(**options):
                       FileNotFoundError if there is no Elixir there.
 
     After the helper dies, the next call starts a new one with the same
-    options."""
-    _helper.start(**options)
+    options; the options of a start that failed are kept too.
+
+    Raises ``RuntimeError`` when a helper is already running (call
+    :func:`stop` first); ``TypeError``/``ValueError`` for a bad option,
+    ``FileNotFoundError`` for a missing ``modules`` file (before anything
+    starts); :class:`HelperExited` when ``erl`` is not found, the helper's
+    files are missing, or the helper cannot start or sends no hello within
+    ``timeout`` (with its exit status and stderr); whatever ``on_start`` or
+    loading ``modules`` raises (the helper is stopped again).
+
+    >>> erlang.start(args=["-sname", "py"], call_timeout=10)
+    """
+    _helper.start(erl=erl, args=args, code_path=code_path, modules=modules,
+                  timeout=timeout, call_timeout=call_timeout, binaries=binaries,
+                  on_start=on_start, env=env, after_fork=after_fork, elixir=elixir)
 
 
 def stop(timeout=5.0):
-    """Stops the helper (it halts when its stdin closes; killed after
-    ``timeout`` seconds).  Returns True if one was running."""
+    """Stops the helper: closes its stdin, so that it halts, and kills it if
+    it has not exited within ``timeout`` seconds.  Returns True if a helper
+    was running, False otherwise.  Calls waiting on it raise
+    :class:`HelperExited`; the next call starts a new helper.
+
+    Raises ``TypeError``/``ValueError`` for a ``timeout`` that is not a
+    number >= 0.
+
+    >>> erlang.stop()
+    True
+    """
     return _helper.stop(timeout)
+
+
+def info():
+    """Returns a dict describing the running helper, or None when no helper
+    runs (it never starts one).  Keys:
+
+    ``otp_release`` (``"25"``), ``erts_version``, ``node`` (an
+    :class:`Atom`, ``nonode@nohost`` without distribution), ``os_pid``,
+    ``started_at`` (``time.time()`` when the start began),
+    ``start_seconds`` (how long until the helper said hello), ``erl`` (the
+    path started), ``protocol`` (the channel's protocol version) and
+    ``version`` (this package's version).  Raises nothing.
+
+    >>> erlang.info()["otp_release"]
+    '25'
+    """
+    return _helper.info()
 
 
 # The public classes are erlang.X wherever they are defined: tracebacks and
@@ -127,6 +208,6 @@ del _cls
 __all__ = [
     "Atom", "BitString", "CallTimeout", "Error", "Fun", "HelperExited",
     "ImproperList", "Pid", "Port", "Reference", "UndefinedFunction",
-    "apply", "apply_async", "binary_to_term", "call", "call_async", "eval",
+    "apply", "apply_async", "binary_to_term", "call", "call_async", "eval", "info",
     "is_running", "load_module", "map", "start", "stop", "term_to_binary",
 ]

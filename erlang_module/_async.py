@@ -214,35 +214,68 @@ def _submit_future(submit, timeout):
     return fut
 
 
-def call_async(name, *args, timeout=None):
-    """Like :func:`erlang.call`, but returns a :class:`concurrent.futures.Future`
-    at once; no thread waits for the reply.  ``fut.cancel()`` (while the call
-    runs) kills the Erlang process running it; ``timeout`` makes the future
-    fail with :class:`CallTimeout`, likewise cancelling the call.  Values that
-    cannot be encoded raise here, before anything is sent."""
+def call_async(name, /, *args, timeout=None):
+    """Calls the Erlang function registered as ``name`` with ``args``, like
+    :func:`erlang.call`, but returns a :class:`concurrent.futures.Future` at
+    once: no thread waits for the reply, and the call runs in an Erlang
+    process of its own, so any number run at the same time.
+
+    ``fut.cancel()`` while the call runs kills that Erlang process; its late
+    reply is dropped.  ``timeout`` (seconds; None: the ``call_timeout`` start
+    option) makes the future fail with :class:`CallTimeout` and likewise
+    kills the call; 0 fails it at once without sending.
+
+    ``fut.result()`` returns the value or raises what :func:`erlang.call`
+    would: :class:`Error`, :class:`UndefinedFunction`, :class:`CallTimeout`,
+    :class:`HelperExited` (the helper died: every pending future fails).
+    Arguments that cannot be encoded raise ``TypeError``/``ValueError`` here,
+    before anything is sent.  Done-callbacks run in the ``erlang-futures``
+    thread.
+
+    >>> erlang.call_async("double_it", 21).result()
+    42
+    """
     return _submit_future(lambda w, f: _erlang._submit_call(w, f, name, *args), timeout)
 
 
 def apply_async(module, function, args=(), timeout=None):
-    """Like :func:`erlang.apply`, returning a :class:`concurrent.futures.Future`."""
+    """Calls ``module:function(args...)`` like :func:`erlang.apply`, returning
+    a :class:`concurrent.futures.Future` at once (see :func:`call_async` for
+    cancelling, ``timeout`` and what ``fut.result()`` raises: :class:`Error`,
+    :class:`UndefinedFunction`, :class:`CallTimeout`, :class:`HelperExited`).
+    A ``module`` or ``function`` that is not a str, or ``args`` that is not a
+    list or tuple, raises ``TypeError`` here.
+
+    >>> erlang.apply_async("lists", "reverse", [[1, 2, 3]]).result()
+    [3, 2, 1]
+    """
     payload = apply_payload(module, function, args)
     return _submit_future(lambda w, f: _erlang._submit(w, f, K_APPLY, payload), timeout)
 
 
 # ---------------------------------------------------------------------- map
 
-def map(name, *iterables, timeout=None, in_flight=64):
-    """Calls the registered function ``name`` with the items of ``iterables``
-    (``name(a, b, ...)`` for each zipped item), keeping up to ``in_flight``
-    calls running at once, and yields the results in input order, as
-    :meth:`concurrent.futures.Executor.map` does.
+def map(name, /, *iterables, timeout=None, in_flight=64):
+    """Calls the Erlang function registered as ``name`` once for each item of
+    ``iterables`` (``name(a, b, ...)`` for each tuple of zipped items, as
+    :meth:`concurrent.futures.Executor.map` does), keeping up to
+    ``in_flight`` calls running at once, and yields the results in input
+    order.  The calls run concurrently in the helper; the consuming thread
+    waits for them without any Future objects or other threads.
 
     The inputs are read lazily, as room for more calls frees up.  An Erlang
-    exception (or an input that cannot be encoded, or an exception raised by
-    the iterable) is raised when its item is reached; the calls still in
-    flight are then cancelled, as they are when the generator is closed.
-    ``timeout`` (seconds) counts from this call: reaching an item after it
-    raises :class:`CallTimeout`."""
+    exception (:class:`Error`, :class:`UndefinedFunction`), an input that
+    cannot be encoded (``TypeError``/``ValueError``) or an exception raised
+    by the iterable itself is raised when its item is reached; the calls
+    still in flight are then cancelled, as they are when the generator is
+    closed.  ``timeout`` (seconds; None: the ``call_timeout`` start option)
+    counts from this call, as in ``Executor.map``: an item not there by then
+    raises :class:`CallTimeout`.  :class:`HelperExited` if the helper dies.
+
+    >>> results = erlang.map("double_it", range(5), in_flight=64)
+    >>> list(results)
+    [0, 2, 4, 6, 8]
+    """
     if not isinstance(name, (str, bytes)):
         raise TypeError("function name must be str or bytes, not %s" % type(name).__name__)
     if isinstance(in_flight, bool) or not isinstance(in_flight, int):

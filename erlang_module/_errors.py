@@ -1,5 +1,7 @@
 """The exceptions of the erlang package (see the README's error table)."""
 
+from ._types import _SignatureOf
+
 __all__ = ["Error", "UndefinedFunction", "CallTimeout", "HelperExited"]
 
 
@@ -110,6 +112,8 @@ class CallTimeout(TimeoutError):
     """The call's ``timeout`` (or the ``call_timeout`` start option) elapsed.
     The helper was told to abandon the call; its late reply, if any, is
     dropped and never reaches a later call."""
+
+    __signature__ = _SignatureOf(lambda *args: None)   # TimeoutError's, for inspect
 
 
 class HelperExited(ConnectionError):

@@ -9,9 +9,11 @@ waiting for to ``sys.stdout``/``sys.stderr``, and stops the helper at exit.
 import atexit
 import math
 import os
+import re
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Mapping
 
 from . import _erlang
@@ -30,6 +32,7 @@ _pump = None
 _pump_stop = False
 _forked = False                # this process is a fork of one that had a helper
 _exiting = False               # the interpreter is exiting: start no helper
+_info = None                   # info() of the helper last started (see info())
 
 
 def _find_erl(erl):
@@ -74,6 +77,37 @@ def _find_elixir(elixir):
             "Install Elixir (Debian/Ubuntu: apt-get install -y elixir), or pass the "
             "path of its `elixir` executable" % (elixir, os.path.join(lib, "elixir", "ebin")))
     return ebins
+
+
+def missing_helper_file():
+    """The path of the first file the helper needs that is not in EBIN (its
+    py.app, then each module the app lists), or None when all are there.
+    An open and a few stat calls: cheap next to starting erl."""
+    app = os.path.join(EBIN, "py.app")
+    try:
+        with open(app, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return app
+    m = re.search(r"\{modules,\s*\[([^\]]*)\]", text)
+    for name in (m.group(1).split(",") if m else ()):
+        beam = os.path.join(EBIN, name.strip() + ".beam")
+        if not os.path.isfile(beam):
+            return beam
+    return None
+
+
+def _check_helper_files():
+    """Raises HelperExited when a file of the helper is missing: erl would
+    start, then die with an `undef` report that does not say why."""
+    missing = missing_helper_file()
+    if missing is not None:
+        raise HelperExited(
+            "the Erlang helper cannot start: %s is missing (the package was "
+            "installed without its compiled helper). Reinstall it so that the "
+            "helper is built: pip install -e . (editable, from a checkout) or "
+            "pip install ." % missing
+        )
 
 
 def _check(options):
@@ -224,9 +258,13 @@ def _remember(options):
 
 
 def _start_locked(options):
+    global _info
     _check(options)
+    _check_helper_files()
     argv = command_line(options)
     ct = options.get("call_timeout")
+    _info = None
+    started_at, t0 = time.time(), time.monotonic()
     hello = _erlang._start(
         argv,
         _environment(options),
@@ -235,6 +273,7 @@ def _start_locked(options):
         options.get("binaries", "str"),
         options.get("elixir", False) is not False,
     )
+    _info = _make_info(hello, argv[0], started_at, time.monotonic() - t0)
     _ensure_pump()
     try:
         from . import load_module
@@ -254,6 +293,38 @@ def _start_locked(options):
 def call_timeout():
     """The call_timeout start option in force (None: no limit)."""
     return _options.get("call_timeout")
+
+
+def _make_info(hello, erl, started_at, seconds):
+    """info() of a helper from its HELLO map (py_coordinator:hello/0)."""
+    if not isinstance(hello, Mapping):
+        hello = {}
+
+    def text(v):
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
+    from ._version import __version__
+
+    return {
+        "otp_release": text(hello.get("otp_release")),
+        "erts_version": text(hello.get("erts_version")),
+        "node": hello.get("node"),
+        "os_pid": hello.get("os_pid"),
+        "started_at": started_at,
+        "start_seconds": seconds,
+        "erl": erl,
+        "protocol": hello.get("protocol"),
+        "version": __version__,
+    }
+
+
+def info():
+    """A dict about the running helper, or None when none runs (never
+    starts one)."""
+    current = _info
+    if current is None or not _erlang.is_running():
+        return None
+    return dict(current)
 
 
 def autostart(wait=None):

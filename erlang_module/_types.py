@@ -20,6 +20,21 @@ import operator
 __all__ = ["Atom", "BitString", "Fun", "ImproperList", "Pid", "Port", "Reference"]
 
 
+class _SignatureOf:
+    """The ``__signature__`` of a class built on a builtin type's constructor
+    (str, TimeoutError), for which inspect finds none: the signature of
+    ``like``, made on first use, so that importing erlang does not import
+    inspect."""
+
+    def __init__(self, like):
+        self.like = like
+
+    def __get__(self, obj, owner=None):
+        import inspect
+
+        return inspect.signature(self.like)
+
+
 class Atom(str):
     """An Erlang atom: a ``str`` that is sent as an atom, not as a binary.
 
@@ -28,6 +43,7 @@ class Atom(str):
     """
 
     __slots__ = ()
+    __signature__ = _SignatureOf(lambda object="": None)   # str's, for inspect
 
     def __repr__(self) -> str:
         return "Atom(%s)" % str.__repr__(self)

@@ -99,7 +99,7 @@ async def _run(submit, timeout):
             timer.cancel()
 
 
-async def call(name, *args, timeout=None):
+async def call(name, /, *args, timeout=None):
     """Awaitable :func:`erlang.call`: ``await erlang.asyncio.call("double_it", 21)``."""
     return await _run(lambda w, r: _erlang._submit_call(w, r, name, *args), timeout)
 

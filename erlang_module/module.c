@@ -1426,23 +1426,96 @@ m_wake_output(PyObject *module, PyObject *unused)
 
 /* ------------------------------------------------------------------ module */
 
+/* The public functions' docstrings start with a __text_signature__ line
+ * ("name($module, ...)\n--\n\n"): inspect.signature() and help() read it. */
+
+PyDoc_STRVAR(erpy_call_doc,
+"call($module, name, /, *args, timeout=None)\n"
+"--\n"
+"\n"
+"Calls the Erlang function registered as `name` with `args` and returns\n"
+"its value.\n"
+"\n"
+"`name` is a str, Atom or bytes: the text it was registered under with\n"
+"py:register_function/2,3 (calling a name never creates an atom).  The\n"
+"registered fun receives the arguments as one list, [Arg1, Arg2, ...].\n"
+"`timeout` is in seconds: None means the call_timeout start option (by\n"
+"default no limit); 0 raises CallTimeout at once without sending.  The\n"
+"first call starts the helper.  Any number of threads may call at once;\n"
+"the GIL is released while a call waits.\n"
+"\n"
+"Raises UndefinedFunction when nothing is registered under `name`, Error\n"
+"when the function raises (.kind, .reason, .stacktrace), CallTimeout when\n"
+"`timeout` elapses, HelperExited when the helper is gone or cannot start,\n"
+"TypeError/ValueError for a name, argument or timeout that cannot be sent\n"
+"(nothing is sent then), RuntimeError for a call from inside a call of the\n"
+"same thread (a signal handler or __del__).\n"
+"\n"
+">>> erlang.eval(\"py:register_function(double_it, fun([X]) -> X * 2 end).\")\n"
+"'ok'\n"
+">>> erlang.call(\"double_it\", 21)\n"
+"42");
+
+PyDoc_STRVAR(erpy_term_to_binary_doc,
+"term_to_binary($module, obj, /)\n"
+"--\n"
+"\n"
+"Returns the Erlang external term format of `obj` (bytes starting with the\n"
+"version byte 131), as erlang:term_to_binary/1 would make it; no helper is\n"
+"needed.  See the README's type table for how Python values map.\n"
+"\n"
+"Raises TypeError for a value with no Erlang twin, ValueError for one out\n"
+"of range (an atom over 255 characters, an int over Erlang's limit),\n"
+"RecursionError for a term nested too deeply.\n"
+"\n"
+">>> erlang.term_to_binary((1, \"a\"))\n"
+"b'\\x83h\\x02a\\x01m\\x00\\x00\\x00\\x01a'");
+
+PyDoc_STRVAR(erpy_binary_to_term_doc,
+"binary_to_term($module, data, /, binaries='str')\n"
+"--\n"
+"\n"
+"Decodes one term in Erlang's external term format (compressed ones\n"
+"too); no helper is needed.\n"
+"\n"
+"`data` is any bytes-like object (bytes, bytearray, memoryview) starting\n"
+"with the version byte 131 and holding exactly one term.  `binaries` is\n"
+"'str' (the default: a binary decodes to str when it is UTF-8, else to\n"
+"bytes) or 'bytes' (every binary decodes to bytes).\n"
+"\n"
+"Raises ValueError for malformed data (the message gives the byte\n"
+"offset) or trailing bytes, TypeError when `data` is not bytes-like,\n"
+"RecursionError for a term nested too deeply.\n"
+"\n"
+">>> erlang.binary_to_term(b'\\x83h\\x02a\\x01m\\x00\\x00\\x00\\x01a')\n"
+"(1, 'a')");
+
+PyDoc_STRVAR(erpy_is_running_doc,
+"is_running($module, /)\n"
+"--\n"
+"\n"
+"Returns True when a helper is running, False otherwise (it never starts\n"
+"one, and raises nothing).  A helper that died is noticed here once its\n"
+"channel has closed.\n"
+"\n"
+">>> erlang.is_running()\n"
+"False");
+
 static PyMethodDef erpy_methods[] = {
     {"_init_types", m_init_types, METH_VARARGS,
      "_init_types(Atom, Pid, Reference, Port, Fun, ImproperList, BitString)"},
-    {"term_to_binary", m_term_to_binary, METH_O,
-     "term_to_binary(obj) -> bytes: the external term format of obj"},
+    {"term_to_binary", m_term_to_binary, METH_O, erpy_term_to_binary_doc},
     {"binary_to_term", (PyCFunction)(void (*)(void))m_binary_to_term,
-     METH_FASTCALL | METH_KEYWORDS,
-     "binary_to_term(data, binaries='str') -> object"},
+     METH_FASTCALL | METH_KEYWORDS, erpy_binary_to_term_doc},
     {"_init_runtime", m_init_runtime, METH_VARARGS,
      "_init_runtime(autostart, make_error, make_exited, write_output, CallTimeout, main_ident)"},
     {"call", (PyCFunction)(void (*)(void))m_call, METH_FASTCALL | METH_KEYWORDS,
-     "call(name, *args, timeout=None): call a registered Erlang function"},
+     erpy_call_doc},
     {"_request", m_request, METH_VARARGS, "_request(kind, payload, timeout)"},
     {"_start", m_start, METH_VARARGS, "_start(argv, env, timeout, call_timeout, binaries, elixir=False)"},
     {"_stop", m_stop, METH_O, "_stop(timeout) -> bool"},
     {"_set_ready", m_set_ready, METH_NOARGS, "_set_ready()"},
-    {"is_running", m_is_running, METH_NOARGS, "is_running() -> bool: is a helper up"},
+    {"is_running", m_is_running, METH_NOARGS, erpy_is_running_doc},
     {"_helper_pid", m_helper_pid, METH_NOARGS, "_helper_pid() -> int | None"},
     {"_stall_rescues", m_stall_rescues, METH_NOARGS, "_stall_rescues() -> int"},
     {"_next_output", m_next_output, METH_O, "_next_output(timeout) -> (kind, bytes) | None"},

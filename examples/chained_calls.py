@@ -11,10 +11,10 @@ import erlang
 
 erlang.eval("py:register_function(add_one, fun([X]) -> X + 1 end).")
 
-result = []
+result: list[int] = []
 
 
-def worker():
+def worker() -> None:
     x = erlang.call("add_one", 0)
     x = erlang.call("add_one", x)
     x = erlang.call("add_one", x)

@@ -18,12 +18,12 @@ erlang.eval("""
 """)
 
 
-def worker():
+def worker() -> None:
     for x in (5, 42):
         try:
             status, value = erlang.call("maybe_fail", x)   # {ok, X}
             print(f"maybe_fail({x}) returned {status} {value}")
-        except RuntimeError as e:
+        except erlang.Error as e:
             print(f"caught {type(e).__name__}: {e}")   # "Erlang error in ...: ..."
             # Atoms arrive as erlang.Atom, a str subclass.
             what, value = e.reason                          # {too_big, X}

@@ -14,8 +14,9 @@ import erlang
 erlang.eval("py:register_function(double_it, fun([X]) -> X * 2 end).")
 
 
-def call_erlang(x):
-    return erlang.call("double_it", x)
+def call_erlang(x: int) -> int:
+    doubled: int = erlang.call("double_it", x)   # call() returns Any: say what it is
+    return doubled
 
 
 with ThreadPoolExecutor(max_workers=4) as executor:

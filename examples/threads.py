@@ -11,10 +11,10 @@ erlang.eval("""
     py:register_function(my_function, fun([A, B]) -> {A, B, self()} end).
 """)
 
-results = {}
+results: dict[int, int] = {}
 
 
-def worker(n):
+def worker(n: int) -> None:
     # Each thread may call as often as it likes; replies never mix up.
     results[n] = erlang.call("double_it", n)
 
@@ -29,7 +29,7 @@ print("results by thread:", [results[i] for i in range(10)])
 
 # Two arguments; the Erlang side also returns the pid of the Erlang process
 # that served this thread (each Python thread has its own handler process).
-def show():
+def show() -> None:
     a, b, handler = erlang.call("my_function", "arg1", 2)
     print("Got:", (a, b), "served by Erlang process", handler)
 

@@ -86,9 +86,9 @@ def test_a_start_rejected_by_validation_is_tried_again_by_the_next_call(restore_
         with pytest.raises(FileNotFoundError, match="mod.erl"):
             erlang.eval("1.")
         assert not erlang.is_running()
-    with pytest.raises(TypeError, match="unknown start option"):
-        erlang.start(no_such_option=1)
-    with pytest.raises(TypeError, match="unknown start option"):
+    with pytest.raises(ValueError, match="binaries"):
+        erlang.start(binaries="neither")
+    with pytest.raises(ValueError, match="binaries"):
         erlang.call("double_it", 1)
     assert not erlang.is_running()
     erlang.start(on_start=register_functions)
