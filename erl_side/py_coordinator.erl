@@ -20,7 +20,7 @@
 %% on the first frame for it.  Seq is the worker's call counter: every reply
 %% carries the Worker and Seq of its request, and Python drops a reply whose
 %% Seq is not the one the worker waits for (the call timed out).  Worker 0
-%% is the control channel: HELLO, and OUTPUT not attributed to any call.
+%% is the control channel: HELLO, LOG, and OUTPUT not attributed to any call.
 %%
 %% Kinds (numbers in py_protocol.hrl and erlang_module/protocol.h):
 %%
@@ -82,7 +82,15 @@
 %%              `user` (io:format/2 and friends; see py_user).  Worker and Seq
 %%              are those of the call whose handler printed it -- the frame
 %%              is written before that call's reply -- or 0/0 when no call
-%%              printed it.  Logger output goes to stderr, never here.
+%%              printed it.  Logger events are LOG frames, never OUTPUT.
+%%   LOG    20  Worker 0, Seq 0: one logger event (py_log_h), for Python's
+%%              logging: #{level => atom(), msg => binary() (formatted, one
+%%              line), meta => #{pid => binary(), mfa => {M, F, Arity},
+%%              file => binary(), line => integer(), domain => [atom()],
+%%              time => integer() (us since the epoch), user => map()}},
+%%              every meta key optional.  Events logged while the node boots
+%%              (before the port exists) or after the port closed go to
+%%              stderr instead.
 %%
 %% End of stdin means Python is gone: the helper halts at once, without
 %% flushing anything (there is no one left to read it), so no orphan BEAM
