@@ -8,9 +8,9 @@
 {application, py,
  [{description, "Runs Erlang functions for the Python package erlang"},
   {vsn, "0.1.0"},
-  {modules, [py, py_app, py_boot, py_coordinator, py_handler, py_log_h, py_sup,
+  {modules, [py, py_app, py_boot, py_coordinator, py_handler, py_keeper, py_log_h, py_sup,
              py_user]},
-  {registered, [py_sup, py_coordinator]},
+  {registered, [py_sup, py_coordinator, py_keeper]},
   {applications, [kernel, stdlib]},
   {mod, {py_app, []}},
   {env, []}]}.

@@ -37,7 +37,8 @@
 %%   CANCEL  4  [] : abandon (Worker, Seq).  If the worker's handler was last
 %%              given Seq it is killed (it may still be running it); the next
 %%              frame for Worker gets a fresh handler.  Nothing is sent back
-%%              for the cancelled call.  A CANCEL for another Seq is ignored.
+%%              for the cancelled call.  If the handler owned ETS tables or
+%%              had links, a warning naming them is logged (a LOG frame).  A CANCEL for another Seq is ignored.
 %%
 %%   BEAM -> Python
 %%   OK     16  Result: the value the call returned.
@@ -231,6 +232,8 @@ loop(State = #state{port = Port, parent = Parent}) ->
 frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{workers = Workers}) ->
     case Workers of
         #{Worker := {Pid, Monitor, Seq}} ->
+            %% What the handler owns dies with it: say so (cancel path only).
+            ok = warn_lost_state(Pid),
             %% kill, not a softer signal: the call may be stuck anywhere,
             %% trapping exits or in a receive that never ends.
             exit(Pid, kill),
@@ -268,6 +271,73 @@ handler_down(Monitor, Pid, Reason, State = #state{handlers = Handlers, workers =
             %% 'DOWN' naming a live handler; that must not orphan it.
             State
     end.
+
+%% A handler about to be killed by a cancel takes with it the ETS tables it
+%% owns (unless they have an heir) and sends an exit signal to the
+%% processes linked to it: a server started with start_link in a call
+%% stops.  That must not pass silently: later calls would only fail with
+%% badarg or noproc.  So before the kill, a warning names them; it reaches
+%% Python's logging (py_log_h).  Handlers are spawned without links, so
+%% any link is one the user's code made.  Only ever on the cancel path:
+%% the scan of every table costs nothing on a call.
+warn_lost_state(Pid) ->
+    Tables = [T || T <- ets:all(),
+                   ets:info(T, owner) =:= Pid,
+                   ets:info(T, heir) =:= none],
+    Links = case erlang:process_info(Pid, links) of
+                {links, L} -> L;
+                undefined -> []
+            end,
+    case {Tables, Links} of
+        {[], []} ->
+            ok;
+        _ ->
+            logger:warning(
+              "py: a cancelled call's handler ~p was killed, and with it what "
+              "calls on its thread had made: ~ts. Keep such state with "
+              "py:keep/1, an unlinked server or an ETS heir (see the README).",
+              [Pid, lists:join("; ", lost_tables(Tables) ++ lost_links(Links))],
+              #{domain => [py], py_tables => Tables, py_links => Links}),
+            ok
+    end.
+
+lost_tables([]) ->
+    [];
+lost_tables(Tables) ->
+    [["ETS tables deleted: ", lists:join(", ", [table(T) || T <- Tables])]].
+
+lost_links([]) ->
+    [];
+lost_links(Links) ->
+    [["linked processes sent exit signal killed: ", lists:join(", ", [linked(L) || L <- Links])]].
+
+%% "cache" for a named table, "cache #Ref<...>" for an unnamed one.
+table(T) when is_atom(T) ->
+    io_lib:format("~tw", [T]);
+table(T) ->
+    io_lib:format("~tw ~w", [ets:info(T, name), T]).
+
+%% "<0.95.0> my_server (my_server:init/1)", "port #Port<0.7>": pid, registered name, and the
+%% initial call as proc_lib records it (gen_server's real module, not
+%% proc_lib:init_p/5).
+linked(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+    Name = case erlang:process_info(Pid, registered_name) of
+               {registered_name, N} -> [" ", io_lib:format("~tw", [N])];
+               _ -> ""
+           end,
+    Call = case catch proc_lib:translate_initial_call(Pid) of
+               {M, F, A} when is_atom(M), is_atom(F), is_integer(A) ->
+                   io_lib:format(" (~tw:~tw/~w)", [M, F, A]);
+               _ ->
+                   ""
+           end,
+    [pid_to_list(Pid), Name, Call];
+linked(Pid) when is_pid(Pid) ->
+    pid_to_list(Pid);
+linked(Port) when is_port(Port) ->
+    ["port ", erlang:port_to_list(Port)];
+linked(Other) ->
+    io_lib:format("~w", [Other]).
 
 forget(Worker, Pid, State = #state{workers = Workers, handlers = Handlers}) ->
     State#state{workers = maps:remove(Worker, Workers),
