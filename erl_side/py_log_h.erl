@@ -33,6 +33,7 @@
 
 %% logger_handler.
 -export([adding_handler/1]).
+-export([changing_config/3]).
 -export([log/2]).
 
 -define(MAX_QUEUED, 4 * 1024 * 1024).
@@ -67,13 +68,26 @@ adding_handler(Config = #{config := #{port := Port} = Own}) when is_port(Port) -
 adding_handler(_Config) ->
     {error, {py_log_h, needs_a_port}}.
 
+%% logger:set_handler_config/2,3 and update_handler_config/2,3 may change
+%% the level, filters or formatter; the port and the drop counter stay.
+-spec changing_config(set | update, logger:handler_config(), logger:handler_config()) ->
+          {ok, logger:handler_config()}.
+changing_config(_SetOrUpdate, #{config := Old}, New) ->
+    Own = case New of
+              #{config := C} when is_map(C) -> C;
+              _ -> #{}
+          end,
+    {ok, New#{config => maps:merge(Own, maps:with([port, dropped], Old))}}.
+
 -spec log(logger:log_event(), logger:handler_config()) -> ok.
 log(Event, #{config := #{port := Port, dropped := Dropped}} = Config) ->
     try
         send(Port, payload(Event, Config), Dropped)
     catch
         _:_ -> ok
-    end.
+    end;
+log(_Event, _Config) ->
+    ok.
 
 %% Internal.
 

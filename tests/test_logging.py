@@ -365,3 +365,15 @@ def test_events_after_the_channel_closed_go_to_stderr_for_helper_exited(restore_
     # the supervisor's report, written to fd 2 once the port was gone
     assert "py_coordinator" in info.value.stderr
     assert "child_terminated" in info.value.stderr
+
+
+def test_the_handler_survives_a_change_of_its_config_in_erlang(records):
+    assert erlang.eval("logger:set_handler_config(py_log, level, error)") == "ok"
+    try:
+        erlang.eval('logger:warning("handler level drops this"), logger:error("handler level passes"), ok')
+        assert records.wait_for(text_in("handler level passes")) is not None
+        assert records.matching(text_in("handler level drops this")) == []
+    finally:
+        assert erlang.eval("logger:set_handler_config(py_log, level, all)") == "ok"
+    erlang.eval('logger:warning("back to all"), ok')
+    assert records.wait_for(text_in("back to all")) is not None

@@ -8,7 +8,7 @@ import pytest
 
 import erlang
 
-from test_logging import Records
+from test_logging import records  # noqa: F401 (the fixture)
 
 LOST = "cancelled call's handler"
 
@@ -24,18 +24,6 @@ handle_call(bump, _From, N) -> {reply, N + 1, N + 1};
 handle_call(crash, _From, _N) -> erlang:error(state_srv_crashed).
 handle_cast(_, N) -> {noreply, N}.
 """
-
-
-@pytest.fixture
-def records():
-    logger = logging.getLogger("erlang")
-    handler = Records()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
 
 
 @pytest.fixture
