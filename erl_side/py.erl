@@ -15,6 +15,7 @@
 -export([call/2]).
 -export([eval/1]).
 -export([load_source/2]).
+-export([keep/1]).
 
 -type name() :: atom() | binary() | string().
 -export_type([name/0]).
@@ -116,6 +117,18 @@ load_source(Source, File) ->
             %% no stack trace: it would only show this function
             erlang:raise(error, {compile_error, format_errors(Errors)}, [])
     end.
+
+%% Runs Fun in the helper's keeper process, which lives as long as the
+%% helper, and returns Fun's value (or raises what Fun raised).  What a call
+%% creates belongs to the worker's handler process, which a cancelled call
+%% kills; what Fun creates belongs to the keeper: an ETS table made in Fun
+%% is owned by it, a server Fun starts with start_link is linked to it
+%% (and a crash of that server does not take the keeper down).  Fun should
+%% return soon (kept Funs run one at a time) and must not call keep/1.
+%%   py:keep(fun() -> ets:new(cache, [named_table, public]) end)
+-spec keep(fun(() -> Result)) -> Result.
+keep(Fun) ->
+    py_keeper:keep(Fun).
 
 %% Error formatting.
 

@@ -20,7 +20,7 @@
 %% on the first frame for it.  Seq is the worker's call counter: every reply
 %% carries the Worker and Seq of its request, and Python drops a reply whose
 %% Seq is not the one the worker waits for (the call timed out).  Worker 0
-%% is the control channel: HELLO, and OUTPUT not attributed to any call.
+%% is the control channel: HELLO, LOG, and OUTPUT not attributed to any call.
 %%
 %% Kinds (numbers in py_protocol.hrl and erlang_module/protocol.h):
 %%
@@ -45,7 +45,8 @@
 %%              is killed if it still runs.  Otherwise:  If the worker's handler was last
 %%              given Seq it is killed (it may still be running it); the next
 %%              frame for Worker gets a fresh handler.  Nothing is sent back
-%%              for the cancelled call.  A CANCEL for another Seq is ignored.
+%%              for the cancelled call.  If the handler owned ETS tables or
+%%              had links, a warning naming them is logged (a LOG frame).  A CANCEL for another Seq is ignored.
 %%
 %%   BEAM -> Python
 %%   OK     16  Result: the value the call returned.
@@ -98,7 +99,15 @@
 %%              `user` (io:format/2 and friends; see py_user).  Worker and Seq
 %%              are those of the call whose handler printed it -- the frame
 %%              is written before that call's reply -- or 0/0 when no call
-%%              printed it.  Logger output goes to stderr, never here.
+%%              printed it.  Logger events are LOG frames, never OUTPUT.
+%%   LOG    20  Worker 0, Seq 0: one logger event (py_log_h), for Python's
+%%              logging: #{level => atom(), msg => binary() (formatted, one
+%%              line), meta => #{pid => binary(), mfa => {M, F, Arity},
+%%              file => binary(), line => integer(), domain => [atom()],
+%%              time => integer() (us since the epoch), user => map()}},
+%%              every meta key optional.  Events logged while the node boots
+%%              (before the port exists) or after the port closed go to
+%%              stderr instead.
 %%
 %% End of stdin means Python is gone: the helper halts at once, without
 %% flushing anything (there is no one left to read it), so no orphan BEAM
@@ -247,12 +256,15 @@ frame(Kind, Worker, Seq, Frame, State = #state{calls = Calls, monitors = Monitor
 frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{calls = Calls})
   when is_map_key({Worker, Seq}, Calls) ->
     #{{Worker, Seq} := {Pid, Monitor}} = Calls,
+    warn_lost_state(Pid),
     exit(Pid, kill),
     erlang:demonitor(Monitor, [flush]),
     forget_call(Monitor, State);
 frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{workers = Workers}) ->
     case Workers of
         #{Worker := {Pid, Monitor, Seq}} ->
+            %% What the handler owns dies with it: say so (cancel path only).
+            ok = warn_lost_state(Pid),
             %% kill, not a softer signal: the call may be stuck anywhere,
             %% trapping exits or in a receive that never ends.
             exit(Pid, kill),
@@ -307,6 +319,73 @@ handler_down(Monitor, Pid, Reason, State = #state{handlers = Handlers, workers =
 forget_call(Monitor, State = #state{calls = Calls, monitors = Monitors}) ->
     Key = maps:get(Monitor, Monitors),
     State#state{calls = maps:remove(Key, Calls), monitors = maps:remove(Monitor, Monitors)}.
+
+%% A handler about to be killed by a cancel takes with it the ETS tables it
+%% owns (unless they have an heir) and sends an exit signal to the
+%% processes linked to it: a server started with start_link in a call
+%% stops.  That must not pass silently: later calls would only fail with
+%% badarg or noproc.  So before the kill, a warning names them; it reaches
+%% Python's logging (py_log_h).  Handlers are spawned without links, so
+%% any link is one the user's code made.  Only ever on the cancel path:
+%% the scan of every table costs nothing on a call.
+warn_lost_state(Pid) ->
+    Tables = [T || T <- ets:all(),
+                   ets:info(T, owner) =:= Pid,
+                   ets:info(T, heir) =:= none],
+    Links = case erlang:process_info(Pid, links) of
+                {links, L} -> L;
+                undefined -> []
+            end,
+    case {Tables, Links} of
+        {[], []} ->
+            ok;
+        _ ->
+            logger:warning(
+              "py: a cancelled call's handler ~p was killed, and with it what "
+              "calls on its thread had made: ~ts. Keep such state with "
+              "py:keep/1, an unlinked server or an ETS heir (see the README).",
+              [Pid, lists:join("; ", lost_tables(Tables) ++ lost_links(Links))],
+              #{domain => [py], py_tables => Tables, py_links => Links}),
+            ok
+    end.
+
+lost_tables([]) ->
+    [];
+lost_tables(Tables) ->
+    [["ETS tables deleted: ", lists:join(", ", [table(T) || T <- Tables])]].
+
+lost_links([]) ->
+    [];
+lost_links(Links) ->
+    [["linked processes sent exit signal killed: ", lists:join(", ", [linked(L) || L <- Links])]].
+
+%% "cache" for a named table, "cache #Ref<...>" for an unnamed one.
+table(T) when is_atom(T) ->
+    io_lib:format("~tw", [T]);
+table(T) ->
+    io_lib:format("~tw ~w", [ets:info(T, name), T]).
+
+%% "<0.95.0> my_server (my_server:init/1)", "port #Port<0.7>": pid, registered name, and the
+%% initial call as proc_lib records it (gen_server's real module, not
+%% proc_lib:init_p/5).
+linked(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+    Name = case erlang:process_info(Pid, registered_name) of
+               {registered_name, N} -> [" ", io_lib:format("~tw", [N])];
+               _ -> ""
+           end,
+    Call = case catch proc_lib:translate_initial_call(Pid) of
+               {M, F, A} when is_atom(M), is_atom(F), is_integer(A) ->
+                   io_lib:format(" (~tw:~tw/~w)", [M, F, A]);
+               _ ->
+                   ""
+           end,
+    [pid_to_list(Pid), Name, Call];
+linked(Pid) when is_pid(Pid) ->
+    pid_to_list(Pid);
+linked(Port) when is_port(Port) ->
+    ["port ", erlang:port_to_list(Port)];
+linked(Other) ->
+    io_lib:format("~w", [Other]).
 
 forget(Worker, Pid, State = #state{workers = Workers, handlers = Handlers}) ->
     State#state{workers = maps:remove(Worker, Workers),

@@ -28,7 +28,9 @@
 -define(K_HELLO,  18).   %% worker 0: #{protocol, otp_release, erts_version, node, os_pid}
 -define(K_OUTPUT, 19).   %% {stdout | stderr, Data :: binary()}; Worker/Seq of the
                          %% call that printed it (sent before its reply), or 0/0.
-                         %% The helper only sends stdout: logs go to fd 2.
+                         %% The helper only sends stdout: logs are LOG frames.
+-define(K_LOG,    20).   %% worker 0, Seq 0: #{level, msg, meta}, one logger event
+                         %% (py_log_h); Python hands it to its logging module
 
 %% reserved: Erlang -> Python calls and messages
 -define(K_CALLBACK,       32).

@@ -33,11 +33,22 @@ init([]) ->
     %% the middle of its calls.  So a coordinator crash takes the supervisor
     %% and the (permanent) application down, the node halts, and Python sees
     %% end of file and reports HelperExited -- a clean, explainable failure.
+    %% The keeper (py:keep/1) is started first, so that it is there by the
+    %% time the coordinator says HELLO and Python may call.  It catches what
+    %% a kept Fun raises and traps exits, so only being killed ends it;
+    %% then, as for the coordinator, the helper halts rather than carry on
+    %% with the kept state silently gone.
     Flags = #{strategy => one_for_one, intensity => 0, period => 1},
+    Keeper = #{id => py_keeper,
+               start => {py_keeper, start_link, []},
+               restart => permanent,
+               shutdown => 5000,
+               type => worker,
+               modules => [py_keeper]},
     Coordinator = #{id => py_coordinator,
                     start => {py_coordinator, start_link, []},
                     restart => permanent,
                     shutdown => 5000,
                     type => worker,
                     modules => [py_coordinator]},
-    {ok, {Flags, [Coordinator]}}.
+    {ok, {Flags, [Keeper, Coordinator]}}.

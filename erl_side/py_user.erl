@@ -28,7 +28,9 @@
 %% looked up by name each time: a user function may unregister py_port.
 %%
 %% Input: there is none (stdin is the channel); every get_* request
-%% answers eof.  Logger does not write here (py_app points it to stderr).
+%% answers eof.  Logger's events are not output: py_app sends them to
+%% Python's logging, and what the default handler writes here while the
+%% node boots goes to stderr (from_logger/1).
 -module(py_user).
 
 -include("py_protocol.hrl").
@@ -140,14 +142,45 @@ put_chars(Encoding, Chars, From, State) when Encoding =:= unicode; Encoding =:= 
         <<>> ->
             {ok, State};
         Text when is_binary(Text) ->
-            {Worker, Seq} = call_of(From),
-            Frame = [<<?K_OUTPUT, Worker:32, Seq:32>>, term_to_binary({stdout, Text})],
-            {ok, write(Frame, State)};
+            case State#state.port =:= undefined andalso from_logger(From) of
+                true -> log_to_stderr(Text, State);
+                false -> stdout(Text, From, State)
+            end;
         _Invalid ->
             {{error, put_chars}, State}
     end;
 put_chars(_Encoding, _Chars, _From, State) ->
     {{error, put_chars}, State}.
+
+stdout(Text, From, State) ->
+    {Worker, Seq} = call_of(From),
+    Frame = [<<?K_OUTPUT, Worker:32, Seq:32>>, term_to_binary({stdout, Text})],
+    {ok, write(Frame, State)}.
+
+%% Logger's default handler writes to standard_io, i.e. here, until py_app
+%% points it to stderr (before the coordinator opens the port) and then to
+%% Python's logging (py_log_h).  What it logs before that -- while kernel
+%% and stdlib start, e.g. their progress reports under `-kernel
+%% logger_level info` -- is a log, not output: it goes to stderr, never to
+%% Python's sys.stdout.  Only checked while there is no port, so it costs
+%% nothing once the helper runs.  The writer is the handler process
+%% (registered as logger_std_h_default) or, on OTP 25, a process it
+%% spawned to do its writes (process_info item parent, new in OTP 25).
+from_logger(From) when node(From) =:= node() ->
+    is_default_logger(From) orelse
+        case catch erlang:process_info(From, parent) of
+            {parent, Parent} when is_pid(Parent) -> is_default_logger(Parent);
+            _ -> false
+        end;
+from_logger(_Remote) ->
+    false.
+
+is_default_logger(Pid) ->
+    erlang:process_info(Pid, registered_name) =:= {registered_name, logger_std_h_default}.
+
+log_to_stderr(Text, State) ->
+    _ = (catch io:put_chars(standard_error, Text)),
+    {ok, State}.
 
 %% The Python call the requesting process is running, if it is a handler.
 call_of(From) when node(From) =:= node() ->

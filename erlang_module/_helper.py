@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from . import _erlang
 from ._errors import HelperExited
+from . import _logging  # logger events from the helper (the output pump)
 
 EBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "priv", "ebin")
 
@@ -366,6 +367,9 @@ def stop(timeout=5.0):
 
 # ------------------------------------------------------------------ output
 
+_LOG = 20   # ERPY_K_LOG: a logger event, for logging (see _logging)
+
+
 def write_output(stream, data):
     """Writes helper output to sys.stdout or sys.stderr (called from C for
     output of the call being waited for, and by the pump for the rest)."""
@@ -382,6 +386,9 @@ def _show(item):
     kind, data = item
     if kind == 255:  # raw stderr of the helper
         write_output("stderr", data)
+        return
+    if kind == _LOG:  # a logger event: to Python's logging
+        _logging.handle(data)
         return
     try:
         stream, text = _erlang.binary_to_term(data)

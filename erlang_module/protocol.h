@@ -43,6 +43,8 @@
 #define ERPY_K_HELLO          18    /* worker 0: #{protocol, otp_release, erts_version, node, os_pid} */
 #define ERPY_K_OUTPUT         19    /* {stdout | stderr, Data :: binary()}; Worker/Seq of the call
                                        that printed it, or 0/0 */
+#define ERPY_K_LOG            20    /* worker 0 only: #{level, msg, meta}, one logger event for
+                                       Python's logging (see erlang_module/_logging.py) */
 
 /* reserved for Erlang -> Python calls and messages */
 #define ERPY_K_CALLBACK       32

@@ -544,8 +544,8 @@ dispatch(erpy_bridge *b, erpy_frame *f, erpy_worker *self)
         if (f->kind == ERPY_K_HELLO && b->hello == NULL) {
             b->hello = f;
             pthread_cond_broadcast(&b->cond);
-        } else if (f->kind == ERPY_K_OUTPUT) {
-            output_push(f);
+        } else if (f->kind == ERPY_K_OUTPUT || f->kind == ERPY_K_LOG) {
+            output_push(f);   /* the output pump prints it or hands it to logging */
         } else {
             free(f);
         }
@@ -632,7 +632,7 @@ header_ok(const char *h)
     uint8_t kind = (uint8_t)h[0];
     uint32_t worker = erpy_get_be32(h + 1);
     if (worker == 0)
-        return kind == ERPY_K_HELLO || kind == ERPY_K_OUTPUT;
+        return kind == ERPY_K_HELLO || kind == ERPY_K_OUTPUT || kind == ERPY_K_LOG;
     if (worker == ERPY_ASYNC_WORKER)
         return kind == ERPY_K_OK || kind == ERPY_K_ERROR || kind == ERPY_K_OUTPUT;
     if (worker > __atomic_load_n(&n_workers, __ATOMIC_ACQUIRE))

@@ -136,14 +136,14 @@ def test_output_reaches_the_real_stdout_of_a_program():
     assert result_lines(proc) == []
 
 
-def test_logger_output_reaches_stderr_and_not_the_channel(capfd):
+def test_logger_output_goes_to_logging_not_stdout_nor_the_channel(capfd, caplog):
+    # (tests/test_logging.py has the details)
     assert erlang.eval('logger:error("logged from erlang ~p", [42]), ok.') == "ok"
     deadline = time.monotonic() + 5
-    err = ""
     while time.monotonic() < deadline:
-        err += capfd.readouterr().err
-        if "logged from erlang 42" in err:
+        if "logged from erlang 42" in caplog.messages:
             break
         time.sleep(0.05)
-    assert "logged from erlang 42" in err
+    assert [r.name for r in caplog.records if r.getMessage() == "logged from erlang 42"] == ["erlang"]
+    assert "logged from erlang 42" not in capfd.readouterr().out
     assert erlang.call("echo", "channel intact") == "channel intact"

@@ -130,7 +130,7 @@ run_tests(Erl, Ebin, Tmp) ->
                  "py:register_function(<<\"lines\">>, fun([N]) -> [io:format(\"line ~b~n\", [I]) || I <- lists:seq(1, N)], N end),"
                  "py:register_function(suicide, fun([]) -> exit(self(), kill) end),"
                  "py:register_function(linked_death, fun([]) -> spawn_link(fun() -> exit(boom) end), timer:sleep(5000) end),"
-                 "py:register_function(log_error, fun([]) -> logger:error(\"logged ~s\", [\"to stderr\"]), logged end),"
+                 "py:register_function(log_error, fun([]) -> logger:error(\"logged ~s\", [\"to python\"]), logged end),"
                  "py:register_function(arg_count, erlang, length)">>),
              [<<"arg_count">>, <<"double_it">> | _] = element(2, reply(P, ?K_APPLY, 1, 3, {py, registered, []}))
          end},
@@ -207,13 +207,19 @@ run_tests(Erl, Ebin, Tmp) ->
              {?K_ERROR, {exit, boom, []}} = reply(P, ?K_CALL, 41, 1, {<<"linked_death">>, []}),
              {?K_OK, 2} = reply(P, ?K_CALL, 41, 2, {<<"double_it">>, [1]})
          end},
-         {logger_goes_to_stderr_not_channel, fun() ->
-             {[], {?K_OK, logged}} = request(P, ?K_CALL, 42, 1, {<<"log_error">>, []}),
-             quiet(P, 100),
-             wait_for_file_text(ErrFile, <<"logged to stderr">>, 2000)
+         {logger_events_are_log_frames_on_worker_0, fun() ->
+             %% written by the handler before its reply
+             send(P, ?K_CALL, 42, 1, {<<"log_error">>, []}),
+             {?K_LOG, 0, 0, #{level := error, msg := <<"logged to python">>,
+                              meta := #{pid := <<"<", _/binary>>, time := T}}} = recv(P),
+             true = is_integer(T),
+             {?K_OK, 42, 1, logged} = recv(P),
+             quiet(P, 100)
          end},
          {garbage_to_coordinator, fun() ->
-             {?K_OK, true} = eval(P, 50, 1, <<
+             %% The fake short frame is logged (a LOG frame, before or after
+             %% the reply: the coordinator and the handler write in parallel).
+             send(P, ?K_EVAL, 50, 1, <<
                  "Port = whereis(py_port), {connected, C} = erlang:port_info(Port, connected),"
                  "C ! garbage, C ! {self(), {data, <<1, 2, 3>>}},"
                  "C ! {Port, {data, <<1, 2>>}},"
@@ -221,6 +227,10 @@ run_tests(Erl, Ebin, Tmp) ->
                  "C ! {'EXIT', self(), fake},"
                  "C ! {system, garbage}, "
                  "whereis(py_coordinator) =:= C">>),
+             Frames = [recv(P), recv(P)],
+             [{?K_OK, 50, 1, true}] = [F || {?K_OK, _, _, _} = F <- Frames],
+             [#{level := warning, msg := <<"py: dropped a malformed frame of 2 bytes">>}] =
+                 [E || {?K_LOG, 0, 0, E} <- Frames],
              {?K_OK, 14} = reply(P, ?K_CALL, 50, 2, {<<"double_it">>, [7]}),
              {?K_OK, 16} = reply(P, ?K_CALL, 51, 1, {<<"double_it">>, [8]})
          end},
