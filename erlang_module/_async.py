@@ -90,37 +90,51 @@ class _CallFuture(Future):
             _erlang._withdraw(self._seq)
         return True
 
-    # Done-callbacks run in the futures thread.  One that waits for another
-    # of these futures there would wait for itself: that thread completes
-    # futures while it waits instead.
+    # A thread that waits for one of these futures completes them itself
+    # while it waits (the futures thread steps aside meanwhile): no hand-over
+    # to another thread per reply.  It is also what lets a done-callback,
+    # which runs in the futures thread, wait for another of these futures.
     def result(self, timeout=None):
-        _runner_waits_for(self, timeout)
+        if not self.done():
+            _help_until_done(self, timeout)
         return super().result(timeout)
 
     def exception(self, timeout=None):
-        _runner_waits_for(self, timeout)
+        if not self.done():
+            _help_until_done(self, timeout)
         return super().exception(timeout)
 
 
-def _runner_waits_for(fut, timeout):
+def _help_until_done(fut, timeout):
     r = _runner
-    if r is None or fut.done() or threading.current_thread() is not r.thread:
+    if r is None:
         return
     end = None if timeout is None else time.monotonic() + timeout
-    while not fut.done():
-        left = None if end is None else end - time.monotonic()
-        if left is not None and left <= 0:
-            return
-        r.run_once(left)
+    with r.cond:
+        r.helpers += 1
+    try:
+        while not fut.done():
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            r.run_once(left)
+    finally:
+        with r.cond:
+            r.helpers -= 1
+            if r.helpers == 0:
+                r.cond.notify()
 
 
 class _Runner:
-    """The thread that completes call_async/apply_async futures."""
+    """Completes call_async/apply_async futures: its own thread does while
+    no other thread waits for one of them; threads that wait do."""
 
     def __init__(self):
         self.waker = _erlang.Waker()
         self.lock = threading.Lock()
-        self.deadlines = []        # heap of (deadline, n, future)
+        self.cond = threading.Condition(threading.Lock())
+        self.helpers = 0           # threads completing futures in result()
+        self.deadlines = []        # heap of (deadline, n, future, seconds, own)
         self.n = 0
         self.thread = threading.Thread(target=self._main, name="erlang-futures", daemon=True)
         self.thread.start()
@@ -135,7 +149,12 @@ class _Runner:
             self.waker.kick()
 
     def _main(self):
+        cond = self.cond
         while True:
+            if self.helpers:
+                with cond:
+                    while self.helpers:
+                        cond.wait()
             self.run_once(None)
 
     def run_once(self, limit):
@@ -146,9 +165,9 @@ class _Runner:
                     if self.deadlines else None)
         if limit is not None:
             wait = limit if wait is None else min(wait, limit)
-        self.waker.wait(wait)
-        for fut, ok, value in self.waker.take():
-            _settle(fut, ok, value)
+        if self.waker.wait(wait):
+            for fut, ok, value in self.waker.take():
+                _settle(fut, ok, value)
         if self.deadlines:
             self._expire()
 
