@@ -449,6 +449,22 @@ async def more_than(source, n):
     return await ea.eval(source) > n
 
 
+def test_stopping_the_helper_fails_the_pending_tasks(aio, restore_helper):
+    async def main():
+        loop = asyncio.get_running_loop()
+        tasks = [asyncio.create_task(ea.call("sleep_echo", 30000, i)) for i in range(500)]
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        assert await loop.run_in_executor(None, erlang.stop) is True
+        done, pending = await asyncio.wait(tasks, timeout=30)
+        assert not pending, len(pending)
+        assert all(isinstance(t.exception(), erlang.HelperExited) for t in tasks)
+        assert time.monotonic() - t0 < 10
+        # The next call starts a helper again.
+        return await ea.eval("ok.")
+    assert aio.run(main()) == "ok"
+
+
 def test_a_closed_loop_with_tasks_never_awaited_leaks_nothing(aio):
     erlang.call("echo", 0)
     procs, fds = baselines(aio)
@@ -591,9 +607,11 @@ def test_asyncio_calls_mixed_with_sync_calls_and_futures_from_other_threads(aio)
     errors = []
     stop = threading.Event()
     done_counts = []
+    barrier = threading.Barrier(7)       # 6 threads and the loop's
 
     def sync_worker(k):
         try:
+            barrier.wait()
             n = 0
             while not stop.is_set():
                 x = ("sync", k, n)
@@ -605,6 +623,7 @@ def test_asyncio_calls_mixed_with_sync_calls_and_futures_from_other_threads(aio)
 
     def futures_worker(k):
         try:
+            barrier.wait()
             n = 0
             while not stop.is_set():
                 xs = [("fut", k, n, j) for j in range(50)]
@@ -620,6 +639,8 @@ def test_asyncio_calls_mixed_with_sync_calls_and_futures_from_other_threads(aio)
     for t in threads:
         t.start()
     try:
+        barrier.wait(30)
+
         async def main():
             for rnd in range(10):
                 xs = [("aio", rnd, i) for i in range(500)]
