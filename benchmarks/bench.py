@@ -13,19 +13,27 @@ Sections (see the README's "Benchmarks"):
  1. floors: the C client benchmarks/floor.c on the same helper (same erl argv,
     environment, coordinator and handler path, an `echo` registered with an
     EVAL frame): (a) sequential, own read; (b) K threads + reader thread +
-    per-thread pipes; (c) 16 pipelined; raw pipe ping-pong
+    per-thread pipes; (c) D pipelined (16, 64, 256); raw pipe ping-pong;
+    and the same client on floor (a0), benchmarks/floor_a0.erl, the least
+    BEAM program serving the transport (sequential and pipelined)
  2. erlang.call latency, one thread, small argument
  3. throughput, ThreadPoolExecutor at 1..32 threads
+ 3b. many calls in flight from one thread: erlang.map, call_async futures,
+    asyncio.gather of erlang.asyncio.call (default loop and uvloop), each
+    against its baseline (floor (c), futures alone, asyncio alone)
+ 3c. memory per pending erlang.asyncio.call (fresh processes)
  4. payload sizes
  5. codec alone, against erlpack (C) and erlang_py (pure Python)
  6. start-up: import erlang -> first reply, against a bare erl
  7. instructions per call (callgrind) and syscalls per call (strace)
 """
 import argparse
+import asyncio
 import glob
 import json
 import os
 import platform
+import queue
 import re
 import resource
 import shutil
@@ -37,7 +45,7 @@ import tempfile
 import threading
 import time
 import timeit
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "out")
@@ -49,12 +57,18 @@ from erlang import _helper  # noqa: E402
 ECHO_SRC = "py:register_function(echo, fun([X]) -> X end)."
 ARG = 42          # the small argument: erlang.call("echo", 42)
 THREADS = [1, 2, 4, 8, 16, 32]
-PIPELINE_DEPTH = 16
+PIPELINE_DEPTH = 16            # floor (c) of the throughput section
+PIPELINE_DEPTHS = [16, 64, 256]  # floor (c) of the many-calls-in-flight section
+IN_FLIGHT = 64                 # erlang.map's in_flight, call_async futures pending
 
 FULL = dict(lat_rounds=31, lat_n=4000, tp_rounds=15, tp_calls=12000, pl_rounds=7, pl_time=0.25,
-            codec_rounds=7, codec_time=0.04, start_rounds=11, cg_n=4000, st_n=3000)
+            codec_rounds=7, codec_time=0.04, start_rounds=11, cg_n=4000, st_n=3000,
+            if_rounds=9, if_n=12800, if_c_calls=40000, if_seq_n=3000, if_gather_n=10000,
+            mem_rounds=4, mem_n=10000)
 QUICK = dict(lat_rounds=5, lat_n=2000, tp_rounds=2, tp_calls=4000, pl_rounds=2, pl_time=0.1,
-             codec_rounds=3, codec_time=0.015, start_rounds=3, cg_n=1000, st_n=1000)
+             codec_rounds=3, codec_time=0.015, start_rounds=3, cg_n=1000, st_n=1000,
+             if_rounds=2, if_n=3200, if_c_calls=10000, if_seq_n=1000, if_gather_n=2000,
+             mem_rounds=1, mem_n=2000)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -138,6 +152,13 @@ class Floor:
         except OSError:
             pass
         self.p.wait(10)
+
+
+def a0_command_line(argv, ebin):
+    """Floor (a0)'s erl argv: the helper's flags (everything before its
+    first -pa), then floor_a0 in place of the py application."""
+    flags = argv[:argv.index("-pa")] if "-pa" in argv else argv[:1]
+    return flags + ["-pa", ebin, "-user", "floor_a0", "-s", "floor_a0", "main"]
 
 
 # ------------------------------------------------------ erlang.call loops
@@ -271,28 +292,35 @@ def per_call(rounds, key):
 
 # ---------------------------------------------------------------- sections
 
-def section_latency(cfg, floor, helper_pid):
-    log("== latency: floor (a), floor (b) K=1, erlang.call; %d rounds of %d calls"
+def section_latency(cfg, floor, floor0, helper_pid):
+    log("== latency: floor (a0), floor (a), floor (b) K=1, erlang.call; %d rounds of %d calls"
         % (cfg["lat_rounds"], cfg["lat_n"]))
     hexp = call_payload(ARG).hex()
     n = cfg["lat_n"]
-    rows = {"floor_a": [], "floor_b1": [], "erlang_call": [], "pingpong": [],
+    rows = {"floor_a0": [], "floor_a": [], "floor_b1": [], "erlang_call": [], "pingpong": [],
             "pingpong_proc": []}
-    ratios, ratios_b = [], []
+    ratios, ratios_b, ratios_a0, ratios_a_a0 = [], [], [], []
     for r in range(cfg["lat_rounds"]):
-        # A B C B A within the round, so that a drift of the machine's load
-        # during the round cancels out of the round's ratios.
+        # A0 A B C B A A0 within the round, so that a drift of the machine's
+        # load during the round cancels out of the round's ratios.
+        f01 = floor0.cmd("seq %d %s" % (n, hexp))
         fa1 = floor.cmd("seq %d %s" % (n, hexp))
         py1 = py_seq(n, helper_pid=helper_pid)
         fb = floor.cmd("threads 1 %d %s" % (n, hexp))
         py2 = py_seq(n, helper_pid=helper_pid)
         fa2 = floor.cmd("seq %d %s" % (n, hexp))
+        f02 = floor0.cmd("seq %d %s" % (n, hexp))
+        rows["floor_a0"] += [f01, f02]
         rows["floor_a"] += [fa1, fa2]
         rows["erlang_call"] += [py1, py2]
         rows["floor_b1"].append(fb)
         fa = (fa1["median_us"] + fa2["median_us"]) / 2
-        ratios.append((py1["median_us"] + py2["median_us"]) / 2 / fa)
+        f0 = (f01["median_us"] + f02["median_us"]) / 2
+        py = (py1["median_us"] + py2["median_us"]) / 2
+        ratios.append(py / fa)
         ratios_b.append(fb["median_us"] / fa)
+        ratios_a0.append(py / f0)
+        ratios_a_a0.append(fa / f0)
         rows["pingpong"].append(floor.cmd("pingpong %d" % n))
         rows["pingpong_proc"].append(floor.cmd("pingpong_proc %d" % n))
     out = {}
@@ -316,6 +344,9 @@ def section_latency(cfg, floor, helper_pid):
     out["ratio_to_floor_a"] = med(ratios)          # median over rounds of the round's ratio
     out["ratio_to_floor_a_rounds"] = ratios
     out["floor_b1_ratio_to_floor_a"] = med(ratios_b)
+    out["ratio_to_floor_a0"] = med(ratios_a0)
+    out["ratio_to_floor_a0_rounds"] = ratios_a0
+    out["floor_a_ratio_to_floor_a0"] = med(ratios_a_a0)
     # What the codec alone costs for this call: encode the request, decode a reply.
     req = ("echo", [ARG])
     reply = erlang.term_to_binary(ARG)
@@ -369,6 +400,210 @@ def section_throughput(cfg, floor, helper_pid):
             "loop_helper_cpu_us": per_call_cpu(raw[k]["loop"], "helper_cpu_s"),
             "floor_b_helper_cpu_us": per_call_cpu(raw[k]["floor_b"], "helper_cpu_s"),
             "rounds": raw[k],
+        }
+    return out
+
+
+# ------------------------------------------------- many calls in flight
+
+def py_seq_rate(n):
+    """n sequential erlang.call, calls/s from the wall time (the per-call
+    samples of py_seq are not needed here)."""
+    call = erlang.call
+    t0 = time.perf_counter()
+    for _ in range(n):
+        call("echo", ARG)
+    wall = time.perf_counter() - t0
+    return {"calls": n, "wall_s": wall, "calls_per_s": n / wall}
+
+
+def py_map(n, in_flight=IN_FLIGHT):
+    """erlang.map("echo", range(n), in_flight=...) consumed by this thread."""
+    t0 = time.perf_counter()
+    last = None
+    for last in erlang.map("echo", range(n), in_flight=in_flight):
+        pass
+    wall = time.perf_counter() - t0
+    assert last == n - 1
+    return {"calls": n, "wall_s": wall, "calls_per_s": n / wall}
+
+
+def py_call_async(n, depth=IN_FLIGHT):
+    """Batches of `depth` call_async futures from this thread: submit them
+    all, then read every result; the erlang-futures thread completes them."""
+    ca = erlang.call_async
+    batches = max(1, n // depth)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        fs = [ca("echo", i) for i in range(depth)]
+        for f in fs:
+            f.result()
+    wall = time.perf_counter() - t0
+    assert fs[-1].result() == depth - 1
+    return {"calls": batches * depth, "wall_s": wall, "calls_per_s": batches * depth / wall}
+
+
+def futures_alone(n, depth=IN_FLIGHT, threaded=True):
+    """The loop of py_call_async with no call: batches of `depth`
+    concurrent.futures.Future objects created, completed (set_result) and
+    read.  threaded: another thread completes each batch, handed to it
+    through a queue (as the erlang-futures thread completes call_async's
+    futures); otherwise this thread completes them itself."""
+    batches = max(1, n // depth)
+    q = None
+    if threaded:
+        q = queue.SimpleQueue()
+
+        def completer():
+            while True:
+                fs = q.get()
+                if fs is None:
+                    return
+                for i, f in enumerate(fs):
+                    f.set_result(i)
+
+        t = threading.Thread(target=completer, daemon=True)
+        t.start()
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        fs = [Future() for _ in range(depth)]
+        if q is not None:
+            q.put(fs)
+        else:
+            for i, f in enumerate(fs):
+                f.set_result(i)
+        for f in fs:
+            f.result()
+    wall = time.perf_counter() - t0
+    if q is not None:
+        q.put(None)
+        t.join()
+    return {"calls": batches * depth, "wall_s": wall, "calls_per_s": batches * depth / wall}
+
+
+async def _sleep0(i):
+    await asyncio.sleep(0)
+    return i
+
+
+async def _nothing(i):
+    return i
+
+
+async def _gather(n, kind):
+    """asyncio.gather of n coroutines on the running loop, timed from
+    creating the first coroutine to gather's result.  kind "call":
+    erlang.asyncio.call("echo", i); "sleep0": a coroutine that awaits
+    asyncio.sleep(0) once (one suspension, as an awaited call has at
+    least); "nothing": a coroutine that awaits nothing."""
+    import erlang.asyncio as ea
+    make = {"call": lambda i: ea.call("echo", i), "sleep0": _sleep0, "nothing": _nothing}[kind]
+    await make(0)      # warm: the loop's waker exists before the clock starts
+    t0 = time.perf_counter()
+    r = await asyncio.gather(*[make(i) for i in range(n)])
+    wall = time.perf_counter() - t0
+    assert r[-1] == n - 1
+    return {"calls": n, "wall_s": wall, "calls_per_s": n / wall}
+
+
+def event_loops():
+    """The event loops to measure on: {name: loop}; uvloop if installed."""
+    loops = {"asyncio": asyncio.new_event_loop()}
+    try:
+        import uvloop
+        loops["uvloop"] = uvloop.new_event_loop()
+    except ImportError:
+        log("   (uvloop not installed: its rows are left out)")
+    return loops
+
+
+def section_inflight(cfg, floor, floor0):
+    n, nc, ng = cfg["if_n"], cfg["if_c_calls"], cfg["if_gather_n"]
+    log("== many calls in flight: floor (c) at %s on the helper and on floor (a0), "
+        "erlang.map, call_async, erlang.asyncio; %d rounds"
+        % (PIPELINE_DEPTHS, cfg["if_rounds"]))
+    hexp = call_payload(ARG).hex()
+    # Correct results first (the loops below check only the last one).
+    assert list(erlang.map("echo", range(200), in_flight=IN_FLIGHT)) == list(range(200))
+    assert [f.result() for f in [erlang.call_async("echo", i) for i in range(200)]] == list(range(200))
+    loops = event_loops()
+    raw = {"seq": [], "map": [], "call_async": [], "futures_thread": [], "futures_same": []}
+    for d in PIPELINE_DEPTHS:
+        raw["c%d" % d] = []
+        raw["a0_c%d" % d] = []
+    for name in loops:
+        for kind in ("call", "sleep0", "nothing"):
+            raw["%s_%s" % (name, kind)] = []
+    try:
+        for r in range(cfg["if_rounds"]):
+            # Each measurement next to its baseline.
+            raw["c64"].append(floor.cmd("pipeline 64 %d %s" % (nc, hexp)))
+            raw["map"].append(py_map(n))
+            raw["seq"].append(py_seq_rate(cfg["if_seq_n"]))
+            for d in PIPELINE_DEPTHS:
+                if d != 64:
+                    raw["c%d" % d].append(floor.cmd("pipeline %d %d %s" % (d, nc, hexp)))
+                raw["a0_c%d" % d].append(floor0.cmd("pipeline %d %d %s" % (d, nc, hexp)))
+            raw["futures_thread"].append(futures_alone(n, threaded=True))
+            raw["call_async"].append(py_call_async(n))
+            raw["futures_same"].append(futures_alone(n, threaded=False))
+            for name, loop in loops.items():
+                for kind in ("sleep0", "call", "nothing"):
+                    raw["%s_%s" % (name, kind)].append(loop.run_until_complete(_gather(ng, kind)))
+    finally:
+        for loop in loops.values():
+            loop.close()
+    rate = {k: med(x["calls_per_s"] for x in v) for k, v in raw.items()}
+    out = {
+        "in_flight": IN_FLIGHT, "gather_n": ng, "calls_per_s": rate,
+        "floor_c": {d: {"helper_calls_per_s": rate["c%d" % d], "a0_calls_per_s": rate["a0_c%d" % d],
+                        "helper_ratio_to_a0": round_ratio(raw["c%d" % d], raw["a0_c%d" % d])}
+                    for d in PIPELINE_DEPTHS},
+        "map_ratio_to_c64": round_ratio(raw["map"], raw["c64"]),
+        "map_ratio_to_seq": round_ratio(raw["map"], raw["seq"]),
+        "map_ratio_to_a0_c64": round_ratio(raw["map"], raw["a0_c64"]),
+        "call_async_ratio_to_futures_thread": round_ratio(raw["call_async"], raw["futures_thread"]),
+        "call_async_ratio_to_futures_same": round_ratio(raw["call_async"], raw["futures_same"]),
+        "call_async_ratio_to_seq": round_ratio(raw["call_async"], raw["seq"]),
+        "loops": {},
+        "rounds": raw,
+    }
+    for name in loops:
+        c, s0, no = (raw["%s_%s" % (name, k)] for k in ("call", "sleep0", "nothing"))
+        out["loops"][name] = {
+            "call_calls_per_s": rate[name + "_call"],
+            "sleep0_per_s": rate[name + "_sleep0"], "nothing_per_s": rate[name + "_nothing"],
+            "ratio_to_sleep0": round_ratio(c, s0), "ratio_to_nothing": round_ratio(c, no),
+            "ratio_to_seq": round_ratio(c, raw["seq"]),
+        }
+    return out
+
+
+def section_memory(cfg):
+    """Python-side memory per pending erlang.asyncio.call, against a task
+    pending on a plain future; each measurement in a fresh process
+    (py_driver.py mem): RSS (everything, the C side's allocations
+    included) and tracemalloc (Python's allocators only)."""
+    m, rounds = cfg["mem_n"], cfg["mem_rounds"]
+    log("== memory: %d asyncio tasks pending on erlang.asyncio.call vs on a future; %d rounds"
+        % (m, rounds))
+    driver = os.path.join(HERE, "py_driver.py")
+    raw = {(kind, how): [] for kind in ("call", "future") for how in ("rss", "trace")}
+    for r in range(rounds):
+        for how in ("rss", "trace"):
+            for kind in (("call", "future") if r % 2 == 0 else ("future", "call")):
+                p = subprocess.run([sys.executable, driver, "mem", kind, str(m), how],
+                                   stdout=subprocess.PIPE, text=True, check=True,
+                                   cwd=tempfile.gettempdir(), env=helper_env())
+                raw[(kind, how)].append(json.loads(p.stdout.strip().splitlines()[-1]))
+    out = {"tasks": m, "rounds": {"%s_%s" % k: v for k, v in raw.items()}}
+    for how in ("rss", "trace"):
+        c, f = raw[("call", how)], raw[("future", how)]
+        out[how] = {
+            "call_bytes_per_task": med(x["bytes"] / m for x in c),
+            "future_bytes_per_task": med(x["bytes"] / m for x in f),
+            # Within a round (same minute), then the median over rounds.
+            "extra_bytes_per_call": med((a["bytes"] - b["bytes"]) / m for a, b in zip(c, f)),
         }
     return out
 
@@ -733,6 +968,39 @@ def targets(res):
     lat = res["latency"]
     r = lat["ratio_to_floor_a"]
     t.append(("sequential erlang.call median <= 1.3 x floor (a)", "%.2f x" % r, r <= 1.3))
+    r = lat.get("ratio_to_floor_a0")
+    if r is not None:
+        t.append(("sequential erlang.call median <= 1.25 x floor (a0) (BEAM echo, C client)",
+                  "%.2f x" % r, r <= 1.25))
+    inf = res.get("inflight")
+    if inf:
+        r = inf["map_ratio_to_c64"]
+        t.append(("erlang.map(in_flight=%d), 1 thread >= 0.5 x floor (c) depth 64"
+                  % inf["in_flight"], "%.2f x" % r, r >= 0.5))
+        r = inf["map_ratio_to_seq"]
+        t.append(("erlang.map(in_flight=%d), 1 thread >= 4 x sequential erlang.call"
+                  % inf["in_flight"], "%.2f x" % r, r >= 4.0))
+        r = inf["call_async_ratio_to_futures_thread"]
+        t.append(("call_async, %d in flight, 1 thread >= 0.6 x futures alone "
+                  "(completed by another thread: %.0f/s)"
+                  % (inf["in_flight"], inf["calls_per_s"]["futures_thread"]), "%.2f x" % r, r >= 0.6))
+        t.append(("  call_async x futures alone completed in the same thread (%.0f/s) (information)"
+                  % inf["calls_per_s"]["futures_same"],
+                  "%.2f x" % inf["call_async_ratio_to_futures_same"], None))
+        for name, d in inf["loops"].items():
+            r = d["ratio_to_sleep0"]
+            t.append(("gather of %d erlang.asyncio.call on %s >= 0.5 x asyncio alone "
+                      "(sleep(0) coroutines: %.0f/s)" % (inf["gather_n"], name, d["sleep0_per_s"]),
+                      "%.2f x" % r, r >= 0.5))
+            t.append(("  the same x coroutines that await nothing (%.0f/s) (information)"
+                      % d["nothing_per_s"], "%.2f x" % d["ratio_to_nothing"], None))
+    mem = res.get("memory")
+    if mem:
+        x = mem["rss"]["extra_bytes_per_call"]
+        t.append(("memory per pending erlang.asyncio.call <= 1 KiB over a task on a future (RSS)",
+                  "%.0f B" % x, x <= 1024))
+        t.append(("  the same from tracemalloc (Python allocators only) (information)",
+                  "%.0f B" % mem["trace"]["extra_bytes_per_call"], None))
     tp = res["throughput"]["by_threads"]
     k8, k1 = tp[8], tp[1]
     r = k8["loop_ratio_to_floor_b"]
@@ -803,6 +1071,7 @@ def report(res):
     rows = []
     for key, label in (("pingpong", "raw pipe ping-pong, 2 threads (round trip)"),
                        ("pingpong_proc", "raw pipe ping-pong, 2 processes (round trip)"),
+                       ("floor_a0", "floor (a0) C, own read, minimal BEAM echo"),
                        ("floor_a", "floor (a) C, own read"),
                        ("floor_b1", "floor (b) C, reader thread + pipe, K=1"),
                        ("erlang_call", "erlang.call")):
@@ -812,9 +1081,14 @@ def report(res):
                      fmt(d.get("vcsw_per_call"), "%.2f"),
                      "%.2f" % ({"erlang_call": lat["ratio_to_floor_a"],
                                 "floor_b1": lat["floor_b1_ratio_to_floor_a"]}.get(key)
-                               or d["median_us"] / lat["floor_a"]["median_us"])])
+                               or d["median_us"] / lat["floor_a"]["median_us"]),
+                     fmt({"erlang_call": lat.get("ratio_to_floor_a0"),
+                          "floor_a": lat.get("floor_a_ratio_to_floor_a0")}.get(key), "%.2f")])
     L.append(table(rows, ["", "median us", "p99 us", "calls/s", "client CPU us/call",
-                          "helper CPU us/call", "vol. ctx sw/call", "x floor (a)"]))
+                          "helper CPU us/call", "vol. ctx sw/call", "x floor (a)", "x floor (a0)"]))
+    L.append("floor (a0): the same C client against a minimal BEAM echo (benchmarks/floor_a0.erl, "
+             "the helper's erl flags and port): the least the BEAM and the pipes cost; "
+             "helper CPU of (a0) is that BEAM's")
     L.append("codec part of one call: encode request %.2f us, decode reply %.2f us"
              % (lat["codec_us"]["encode_request"], lat["codec_us"]["decode_reply"]))
 
@@ -840,6 +1114,51 @@ def report(res):
              "(the executor's own cost included); executor alone: the same pool.map of a task "
              "that does not call (tasks/s), the ceiling of pool.map; ratios: median over rounds "
              "of the ratio within the round; CPU = client process, user+sys (tick-sampled)")
+
+    inf = res.get("inflight")
+    if inf:
+        L.append("\n## 3b. Many calls in flight, one thread (calls/s, median over rounds; "
+                 "ratios within each round)")
+        L.append(table([[str(dd), fmt(d["helper_calls_per_s"], "%.0f"), fmt(d["a0_calls_per_s"], "%.0f"),
+                         fmt(d["helper_ratio_to_a0"], "%.2f")]
+                        for dd, d in inf["floor_c"].items()],
+                       ["floor (c) depth", "on the helper", "on floor (a0)", "helper x (a0)"]))
+        c = inf["calls_per_s"]
+        rows = [["erlang.map(\"echo\", range(N), in_flight=%d)" % inf["in_flight"], fmt(c["map"], "%.0f"),
+                 "floor (c) depth 64", fmt(c["c64"], "%.0f"), "%.2f" % inf["map_ratio_to_c64"], ">= 0.5"],
+                ["", "", "sequential erlang.call", fmt(c["seq"], "%.0f"), "%.2f" % inf["map_ratio_to_seq"],
+                 ">= 4"],
+                ["call_async, batches of %d futures" % inf["in_flight"], fmt(c["call_async"], "%.0f"),
+                 "futures alone, other thread", fmt(c["futures_thread"], "%.0f"),
+                 "%.2f" % inf["call_async_ratio_to_futures_thread"], ">= 0.6"],
+                ["", "", "futures alone, same thread", fmt(c["futures_same"], "%.0f"),
+                 "%.2f" % inf["call_async_ratio_to_futures_same"], ""],
+                ["", "", "sequential erlang.call", fmt(c["seq"], "%.0f"),
+                 "%.2f" % inf["call_async_ratio_to_seq"], ""]]
+        for name, d in inf["loops"].items():
+            rows.append(["gather of %d erlang.asyncio.call, %s" % (inf["gather_n"], name),
+                         fmt(d["call_calls_per_s"], "%.0f"), "coroutines awaiting sleep(0)",
+                         fmt(d["sleep0_per_s"], "%.0f"), "%.2f" % d["ratio_to_sleep0"], ">= 0.5"])
+            rows.append(["", "", "coroutines awaiting nothing", fmt(d["nothing_per_s"], "%.0f"),
+                         "%.2f" % d["ratio_to_nothing"], ""])
+            rows.append(["", "", "sequential erlang.call", fmt(c["seq"], "%.0f"),
+                         "%.2f" % d["ratio_to_seq"], ""])
+        L.append("")
+        L.append(table(rows, ["", "calls/s", "baseline", "baseline /s", "ratio", "target"]))
+        L.append("floor (c): one C thread, D CALLs in flight on D workers; futures alone: the same "
+                 "batches of concurrent.futures.Future created, completed (set_result) and read, "
+                 "no call; asyncio alone: the same gather of coroutines that do not call")
+    mem = res.get("memory")
+    if mem:
+        L.append("\n## 3c. Memory of %d pending asyncio tasks (bytes per task; a fresh process each)"
+                 % mem["tasks"])
+        L.append(table([[how, fmt(mem[k]["call_bytes_per_task"], "%.0f"),
+                         fmt(mem[k]["future_bytes_per_task"], "%.0f"),
+                         fmt(mem[k]["extra_bytes_per_call"], "%.0f")]
+                        for k, how in (("rss", "RSS"), ("trace", "tracemalloc"))],
+                       ["measure", "on erlang.asyncio.call", "on loop.create_future()", "difference"]))
+        L.append("erlang.asyncio.call(\"sleep_ms\", 2000) vs a task awaiting a future; RSS includes "
+                 "the C side's allocations, tracemalloc only Python's")
 
     L.append("\n## 4. Payload sizes, echoed (sequential, one thread; calls/s = 1 / median call; "
              "MB/s = argument's ETF bytes x calls/s, each way)")
@@ -932,6 +1251,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "out", "results.json"))
     ap.add_argument("--erlang-py-dir", default=None)
+    ap.add_argument("--a0-ebin", default=os.path.join(HERE, "out"),
+                    help="where floor_a0.beam is (compiled there if missing)")
     ap.add_argument("--skip", default="", help="comma-separated: codec,startup,callgrind,strace")
     a = ap.parse_args()
     global OUT_DIR
@@ -954,20 +1275,28 @@ def main():
     }
     errfile = open(os.path.join(os.path.dirname(a.out), "floor.stderr"), "w")
     floor = Floor(a.floor, argv, errfile)
+    if not os.path.exists(os.path.join(a.a0_ebin, "floor_a0.beam")):
+        subprocess.run(["erlc", "-o", a.a0_ebin, os.path.join(HERE, "floor_a0.erl")], check=True)
+    argv0 = a0_command_line(argv, a.a0_ebin)
+    res["meta"]["floor_a0_argv"] = argv0
+    floor0 = Floor(a.floor, argv0, errfile)
     erlang.eval(ECHO_SRC)
     assert erlang.call("echo", ARG) == ARG
     helper_pid = int("".join(map(chr, erlang.apply("os", "getpid", []))))
     otp = erlang.apply("erlang", "system_info", [erlang.Atom("otp_release")])
     res["meta"]["otp"] = "".join(map(chr, otp)) if isinstance(otp, list) else otp
     try:
-        res["latency"] = section_latency(cfg, floor, helper_pid)
+        res["latency"] = section_latency(cfg, floor, floor0, helper_pid)
         res["throughput"] = section_throughput(cfg, floor, helper_pid)
+        res["inflight"] = section_inflight(cfg, floor, floor0)
         res["payloads"] = section_payloads(cfg, floor)
         if "strace" not in skip:
             res["strace"] = section_strace(cfg, floor)
     finally:
         floor.close()
+        floor0.close()
     erlang.stop()
+    res["memory"] = section_memory(cfg)
     if "codec" not in skip:
         res["codec"] = section_codec(cfg, a.erlang_py_dir)
     res["startup"] = section_startup(cfg, erl, a.floor, argv)

@@ -8,11 +8,13 @@
 # `.venv/` pattern), so the test venv is never touched.  Each run installs the
 # package from a snapshot of the checkout (copied to benchmarks/out/src, so
 # that a build never races with another `pip install .` in the work tree),
-# plus erlpack (C) and erlang_py (pure Python) for the codec comparison only.
+# plus erlpack (C) and erlang_py (pure Python) for the codec comparison only,
+# and uvloop for the erlang.asyncio rows.
 # erlang_py installs a top-level module named `erlang`, which would shadow
 # this package: it goes to benchmarks/.venv/side-erlang-py with
 # `pip install --target` and is loaded from there under another name.
-# Builds the C floor client benchmarks/out/floor with gcc, runs everything,
+# Builds the C floor client benchmarks/out/floor with gcc and floor (a0),
+# benchmarks/out/floor_a0.beam, with erlc, runs everything,
 # prints the table and writes benchmarks/out/results.json.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -55,9 +57,14 @@ mkdir -p "$out/src"
     || echo "benchmarks: erlpack did not install; its codec column is left out" >&2
 [ -f "$side/erlang.py" ] || "${pip[@]}" --target "$side" erlang-py \
     || echo "benchmarks: erlang-py did not install; its codec column is left out" >&2
+# uvloop: the erlang.asyncio rows are measured on it too (left out if missing).
+"$venv/bin/python" -c "import uvloop" 2>/dev/null || "${pip[@]}" uvloop \
+    || echo "benchmarks: uvloop did not install; its asyncio rows are left out" >&2
 
 echo "== building the C floor client"
 gcc -O2 -Wall -Wextra -pthread -o "$out/floor" "$here/floor.c"
+echo "== compiling floor (a0), the minimal BEAM echo"
+erlc -o "$out" "$here/floor_a0.erl"
 
 cd "$out"
 exec "$venv/bin/python" "$here/bench.py" --floor "$out/floor" --erlang-py-dir "$side" \
