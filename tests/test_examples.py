@@ -1,5 +1,6 @@
 """Every example in examples/ runs and prints what it promises."""
 import os
+import re
 import subprocess
 import sys
 
@@ -50,3 +51,15 @@ def test_module_from_file_example_counts_to_5050():
     assert "loaded module: counter" in out
     assert "counter value: 5050" in out
     assert "via apply: 5050" in out
+
+
+def test_asyncio_fanout_example_runs_1000_calls_at_once_and_cancels_one():
+    out = run_example("asyncio_fanout.py")
+    assert "results in order: True" in out
+    assert "first ten: [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]" in out
+    took = float(re.search(r"1000 calls of a 50 ms sleep took ([\d.]+) s", out).group(1))
+    assert took < 25.0, out          # one after another would be 50 s
+    assert "wait_for gave up after 0.2 s" in out
+    assert "the cancelled call's Erlang process is gone: True" in out
+    assert "CallTimeout: no reply within timeout=0.2 s" in out
+    assert "gathered: [[1, 2, 3], 'Error']" in out
