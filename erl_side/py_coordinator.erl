@@ -256,7 +256,7 @@ frame(Kind, Worker, Seq, Frame, State = #state{calls = Calls, monitors = Monitor
 frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{calls = Calls})
   when is_map_key({Worker, Seq}, Calls) ->
     #{{Worker, Seq} := {Pid, Monitor}} = Calls,
-    warn_lost_state(Pid),
+    warn_lost_state(Pid, async),
     exit(Pid, kill),
     erlang:demonitor(Monitor, [flush]),
     forget_call(Monitor, State);
@@ -264,7 +264,7 @@ frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{workers = Workers}) ->
     case Workers of
         #{Worker := {Pid, Monitor, Seq}} ->
             %% What the handler owns dies with it: say so (cancel path only).
-            ok = warn_lost_state(Pid),
+            ok = warn_lost_state(Pid, handler),
             %% kill, not a softer signal: the call may be stuck anywhere,
             %% trapping exits or in a receive that never ends.
             exit(Pid, kill),
@@ -328,7 +328,7 @@ forget_call(Monitor, State = #state{calls = Calls, monitors = Monitors}) ->
 %% Python's logging (py_log_h).  Handlers are spawned without links, so
 %% any link is one the user's code made.  Only ever on the cancel path:
 %% the scan of every table costs nothing on a call.
-warn_lost_state(Pid) ->
+warn_lost_state(Pid, What) ->
     Tables = [T || T <- ets:all(),
                    ets:info(T, owner) =:= Pid,
                    ets:info(T, heir) =:= none],
@@ -340,9 +340,14 @@ warn_lost_state(Pid) ->
         {[], []} ->
             ok;
         _ ->
+            Whose = case What of
+                        handler -> "a cancelled call's handler ~p was killed, and with it "
+                                   "what calls on its thread had made";
+                        async -> "a cancelled async call's process ~p was killed, and "
+                                 "with it what the call had made"
+                    end,
             logger:warning(
-              "py: a cancelled call's handler ~p was killed, and with it what "
-              "calls on its thread had made: ~ts. Keep such state with "
+              "py: " ++ Whose ++ ": ~ts. Keep such state with "
               "py:keep/1, an unlinked server or an ETS heir (see the README).",
               [Pid, lists:join("; ", lost_tables(Tables) ++ lost_links(Links))],
               #{domain => [py], py_tables => Tables, py_links => Links}),

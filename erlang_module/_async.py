@@ -305,11 +305,11 @@ def map(name, /, *iterables, timeout=None, in_flight=64):
     if not iterables:
         raise TypeError("map() needs at least one iterable")
     items = zip(*iterables)
-    return _map(name, items, seconds, own, in_flight)
-
-
-def _map(name, items, seconds, own, in_flight):
     deadline = None if seconds is None else time.monotonic() + seconds
+    return _map(name, items, seconds, own, deadline, in_flight)
+
+
+def _map(name, items, seconds, own, deadline, in_flight):
     waker = _erlang.Waker()
     submit = _erlang._submit_call
     done = {}                  # index -> (ok, value), finished out of order

@@ -33,6 +33,7 @@ _pump = None
 _pump_stop = False
 _forked = False                # this process is a fork of one that had a helper
 _exiting = False               # the interpreter is exiting: start no helper
+_starter = None                # ident of the thread running a start, if any
 _info = None                   # info() of the helper last started (see info())
 
 
@@ -258,7 +259,23 @@ def _remember(options):
     _options.update(options)
 
 
+def starting():
+    """Whether another thread is starting the helper now (running its
+    start-up, `modules` or `on_start`): calls wait for it to finish."""
+    s = _starter
+    return s is not None and s != threading.get_ident()
+
+
 def _start_locked(options):
+    global _starter
+    _starter = threading.get_ident()
+    try:
+        return _start_locked_2(options)
+    finally:
+        _starter = None
+
+
+def _start_locked_2(options):
     global _info
     _check(options)
     _check_helper_files()

@@ -49,6 +49,13 @@ def _ready(waker):
 def _waker_of(loop):
     w = _wakers.get(loop)
     if w is None:
+        # A new loop: the wakers of loops closed meanwhile are no use any
+        # more, and may still hold calls (a closed loop kept referenced):
+        # withdraw them now.
+        for old in [lp for lp in list(_wakers) if lp.is_closed()]:
+            dead = _wakers.pop(old, None)
+            if dead is not None:
+                dead.waker.close()
         w = _wakers[loop] = _LoopWaker(loop)
     return w.waker
 
@@ -56,7 +63,7 @@ def _waker_of(loop):
 async def _started():
     """Starts the helper, if none runs, in a thread: start-up takes a
     tenth of a second or more, and the loop must not wait for it."""
-    if not _erlang.is_running():
+    if not _erlang.is_running() or _helper.starting():
         loop = _asyncio.get_running_loop()
         await loop.run_in_executor(None, _helper.autostart)
 
@@ -71,7 +78,7 @@ async def _run(submit, timeout):
     if seconds == 0:
         raise _async.timeout_error(0, own, sent=False)
     loop = _asyncio.get_running_loop()
-    if not _erlang.is_running():
+    if not _erlang.is_running() or _helper.starting():
         await _started()
     deadline = None if seconds is None else loop.time() + seconds
     waker = _waker_of(loop)

@@ -382,3 +382,10 @@ def test_a_million_calls_mixing_futures_map_asyncio_and_sync_calls_from_8_thread
     for t in threads:
         t.join(900)
     assert not errors, errors[:3]
+
+
+def test_map_timeout_counts_from_the_map_call_like_executor_map():
+    it = erlang.map("sleep_ms", [300], timeout=0.5)
+    time.sleep(0.7)
+    with pytest.raises(erlang.CallTimeout):
+        next(it)

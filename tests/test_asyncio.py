@@ -480,9 +480,6 @@ def test_a_closed_loop_with_tasks_never_awaited_leaks_nothing(aio):
     assert aio.run(gather_echo(["a", "b", "c"])) == ["a", "b", "c"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nothing notices a loop closing: its waker (a pipe) and the calls pending on it "
-    "live as long as the loop object or its tasks are referenced"))
 def test_a_closed_loop_that_is_still_referenced_leaks_nothing(aio):
     erlang.call("echo", 0)
     procs, fds = baselines(aio)
@@ -673,10 +670,6 @@ def test_the_first_call_starts_the_helper_without_blocking_the_loop(aio, restore
     assert gap < 0.5, gap
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "erlang.asyncio takes is_running() for 'ready': a call made while another "
-    "thread or task is still starting the helper (handshake, on_start) waits for "
-    "that start in autostart's lock on the loop's own thread"))
 def test_many_first_calls_start_one_helper_without_blocking_the_loop(aio, restore_helper):
     erlang.stop()
 
