@@ -21,7 +21,8 @@ with atheris.instrument_imports():
     import erlang
     from erlang import _erlang
 
-OK, ERROR, HELLO, OUTPUT = 16, 17, 18, 19
+OK, ERROR, HELLO, OUTPUT, LOG = 16, 17, 18, 19, 20
+ASYNC_WORKER = 0xFFFFFFFF      # the channel of async calls
 N_WORKERS = 4
 
 
@@ -63,7 +64,9 @@ def TestOneInput(data):
         raise AssertionError("frames do not match their bytes")
     for kind, worker, seq, payload in frames:
         if worker == 0:
-            assert kind in (HELLO, OUTPUT), (kind, worker)
+            assert kind in (HELLO, OUTPUT, LOG), (kind, worker)
+        elif worker == ASYNC_WORKER:
+            assert kind in (OK, ERROR, OUTPUT), (kind, worker)
         else:
             assert 1 <= worker <= max(N_WORKERS, 1) and kind in (OK, ERROR, OUTPUT), (kind, worker)
         try:

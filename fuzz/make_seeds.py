@@ -54,6 +54,12 @@ def main(codec_dir, frames_dir):
     output = erlang.term_to_binary((erlang.Atom("stdout"), b"hello\n"))
     write(frames_dir, frame(18, 0, 0, hello))
     write(frames_dir, frame(19, 0, 0, output))
+    log = erlang.term_to_binary({erlang.Atom("level"): erlang.Atom("warning"), erlang.Atom("msg"): "x",
+                                 erlang.Atom("meta"): {}})
+    write(frames_dir, frame(20, 0, 0, log))
+    # The async channel: replies by Seq, output, and a cut frame.
+    write(frames_dir, frame(16, 0xFFFFFFFF, 5, output) + frame(19, 0xFFFFFFFF, 5, output)
+          + frame(17, 0xFFFFFFFF, 6, output)[:-1])
     for i, t in enumerate(terms):
         stream = frame(16, 1 + i % 4, i + 1, t) + frame(19, 1 + i % 4, i + 1, output)
         stream += frame(17, 2, 7, erlang.term_to_binary((erlang.Atom("error"), "x", [])))
