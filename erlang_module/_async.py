@@ -37,11 +37,13 @@ def limit(timeout):
     """The time limit of a call in seconds (None: none), from its timeout
     argument (None: the call_timeout start option), checked as call() checks
     it.  0 means no time to wait: the call is not sent."""
-    own = timeout is not None
-    if not own:
-        timeout = _helper.call_timeout()
+    if timeout is None:
+        timeout = _helper._options.get("call_timeout")
         if timeout is None:
-            return None, own
+            return None, False
+        own = False
+    else:
+        own = True
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError("timeout must be a number or None, not %s" % type(timeout).__name__)
     try:

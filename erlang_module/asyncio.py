@@ -73,27 +73,38 @@ def _expire(fut, seq, seconds, own):
         fut.set_exception(_async.timeout_error(seconds, own))
 
 
-async def _run(submit, timeout):
+def _submit(waker, ref, kind, what, args):
+    if kind is None:
+        return _erlang._submit_call(waker, ref, what, *args)
+    return _erlang._submit(waker, ref, kind, what)
+
+
+async def _run(kind, what, args, timeout):
+    """Submits one async call (kind None: call `what` with `args`; else APPLY
+    or EVAL of the payload `what`) and awaits its reply."""
     seconds, own = _async.limit(timeout)
     if seconds == 0:
         raise _async.timeout_error(0, own, sent=False)
     loop = _asyncio.get_running_loop()
     if not _erlang.is_running() or _helper.starting():
         await _started()
-    deadline = None if seconds is None else loop.time() + seconds
     waker = _waker_of(loop)
     fut = loop.create_future()
     # The pending call holds the future weakly: a task nobody awaits any
     # more does not keep it (nor the loop) alive from C.
-    seq = submit(waker, _weakref.ref(fut))
-    while seq is None:            # the outbound queue is full: wait for room
-        if deadline is not None and loop.time() >= deadline:
-            raise _async.timeout_error(seconds, own, sent=False)
-        await _asyncio.sleep(0.001)
-        seq = submit(waker, _weakref.ref(fut))
-    timer = None
-    if deadline is not None:
-        timer = loop.call_at(deadline, _expire, fut, seq, seconds, own)
+    ref = _weakref.ref(fut)
+    seq = _submit(waker, ref, kind, what, args)
+    if seq is None or seconds is not None:
+        deadline = None if seconds is None else loop.time() + seconds
+        while seq is None:            # the outbound queue is full: wait for room
+            if deadline is not None and loop.time() >= deadline:
+                raise _async.timeout_error(seconds, own, sent=False)
+            await _asyncio.sleep(0.001)
+            seq = _submit(waker, ref, kind, what, args)
+        timer = None if deadline is None else loop.call_at(
+            deadline, _expire, fut, seq, seconds, own)
+    else:
+        timer = None
     try:
         return await fut
     except BaseException:
@@ -108,16 +119,14 @@ async def _run(submit, timeout):
 
 async def call(name, /, *args, timeout=None):
     """Awaitable :func:`erlang.call`: ``await erlang.asyncio.call("double_it", 21)``."""
-    return await _run(lambda w, r: _erlang._submit_call(w, r, name, *args), timeout)
+    return await _run(None, name, args, timeout)
 
 
 async def apply(module, function, args=(), timeout=None):
     """Awaitable :func:`erlang.apply`."""
-    payload = _async.apply_payload(module, function, args)
-    return await _run(lambda w, r: _erlang._submit(w, r, _async.K_APPLY, payload), timeout)
+    return await _run(_async.K_APPLY, _async.apply_payload(module, function, args), None, timeout)
 
 
 async def eval(source, timeout=None):
     """Awaitable :func:`erlang.eval`."""
-    payload = _async.eval_payload(source)
-    return await _run(lambda w, r: _erlang._submit(w, r, _async.K_EVAL, payload), timeout)
+    return await _run(_async.K_EVAL, _async.eval_payload(source), None, timeout)
