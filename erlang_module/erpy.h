@@ -1,7 +1,9 @@
 /* Internal interface between the C files of the extension.
  *
  *   codec.c      Python object <-> external term format (ei + bounds checks)
- *   transport.c  frames, worker pool, leader/followers reading, waiting
+ *   transport.h  the helper's channel, worker pool and waiting (no GIL):
+ *                frame.c pool.c output.c wait.c outq.c async.c helper.c,
+ *                sharing transport_int.h
  *   spawn.c      starting the helper process, its stderr, reaping
  *   module.c     the Python module `erlang._erlang`: glue and entry points
  *

@@ -2,7 +2,7 @@
  *
  * Multi-phase init; the codec's references to the Python classes of the type
  * table live in the module state (set once by erlang/__init__.py through
- * _init_types).  The transport (transport.c) is process-global C state, not
+ * _init_types).  The transport (transport.h) is process-global C state, not
  * module state, because pthread key destructors and fork handlers reach it
  * from places where no module object is at hand.
  */
@@ -416,7 +416,7 @@ live_bridge(module_state *st, const call_limit *lim)
 }
 
 /* Sends CANCEL for (w, seq) so the helper kills the handler still running
- * it; never blocks (transport.c queues it behind a write in progress). */
+ * it; never blocks (outq.c queues it behind a write in progress). */
 static void
 send_cancel(erpy_bridge *b, erpy_worker *w, uint32_t seq)
 {

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "erpy.h"
 
@@ -145,7 +146,7 @@ typedef struct erpy_obuf {
 int erpy_spawn(char *const argv[], char *const envp[], pid_t *pid,
                int *to_fd, int *from_fd, int *err_fd);
 
-/* --- transport.c (no GIL anywhere) */
+/* --- the transport (pool.c, helper.c, outq.c, wait.c; no GIL anywhere) */
 
 /* Global set-up (pool key, fork handlers).  Returns 0 or an errno value. */
 int erpy_transport_init(void);
@@ -194,7 +195,7 @@ int erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len, uint64_t unti
  * is taken, or the pipe is full, the frame waits for the next writer. */
 void erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq);
 
-/* --- async calls (transport.c; no GIL) */
+/* --- async calls (async.c; no GIL) */
 
 /* The worker id of the async channel (a pool id of its own, >= 1). */
 uint32_t erpy_async_worker_id(void);
@@ -265,7 +266,14 @@ erpy_frame *erpy_output_next(int timeout_ms);
 /* Wakes erpy_output_next waiters (for shutdown). */
 void erpy_output_wake(void);
 
-uint64_t erpy_now_ns(void);
+/* CLOCK_MONOTONIC in nanoseconds. */
+static inline uint64_t
+erpy_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
 
 /* How many times the background thread found waiting threads without a
  * leader for 50 ms and promoted one (a safety net; 0 unless there is a bug). */
