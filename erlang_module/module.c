@@ -16,29 +16,6 @@
 
 #include <pthread.h>
 
-__thread uintptr_t erpy_stack_limit;
-
-void
-erpy_stack_init(void)
-{
-    /* Keep a quarter of the stack, at most 256 KiB, for what runs on top of
-     * the deepest level (Python allocations, sanitizer runtimes). */
-    pthread_attr_t a;
-    void *lo = NULL;
-    size_t size = 0;
-    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
-    if (pthread_getattr_np(pthread_self(), &a) == 0) {
-        pthread_attr_getstack(&a, &lo, &size);
-        pthread_attr_destroy(&a);
-    }
-    if (lo == NULL || size == 0 || here < (uintptr_t)lo || here > (uintptr_t)lo + size) {
-        erpy_stack_limit = 1;   /* unknown: rely on the depth cap alone */
-        return;
-    }
-    size_t margin = size / 4 < (256u << 10) ? size / 4 : (256u << 10);
-    erpy_stack_limit = (uintptr_t)lo + margin;
-}
-
 typedef struct {
     erpy_codec codec;
     /* Set by erlang/__init__.py through _init_runtime; strong references. */

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "transport.h"
+#include "transport_int.h"
 
 /* Starts argv[0] (a path) with envp; fills the parent's ends of the three
  * pipes (all close-on-exec; from_fd non-blocking).  Returns 0, or an errno

@@ -11,7 +11,9 @@
 #include <sys/types.h>
 #include <time.h>
 
-#include "erpy.h"
+#include "be.h"
+#include "buf.h"
+#include "protocol.h"
 
 /* One frame read from the helper.  body holds the whole frame body (header
  * included); payload/plen point past the 9-byte header. */

@@ -35,6 +35,12 @@
 
 #include "transport.h"
 
+/* The transport runs without the GIL and never touches a PyObject: the
+ * compiler checks that no file of it even sees Python.h. */
+#ifdef Py_PYTHON_H
+#error "transport files must not include Python.h (or erpy.h)"
+#endif
+
 #define ERPY_MAX_FRAME ((size_t)INT32_MAX)
 
 /* ---------------------------------------------------- small helpers */
