@@ -137,6 +137,11 @@ enum {
 
 #define ERPY_ATOM_CACHE_MAX 4096
 
+_Static_assert(ERPY_ETF_SMALL_TUPLE == ERL_SMALL_TUPLE_EXT, "SMALL_TUPLE_EXT");
+_Static_assert(ERPY_ETF_NIL == ERL_NIL_EXT, "NIL_EXT");
+_Static_assert(ERPY_ETF_LIST == ERL_LIST_EXT, "LIST_EXT");
+_Static_assert(ERPY_ETF_BINARY == ERL_BINARY_EXT, "BINARY_EXT");
+
 /* The largest item handed to ei, in bytes or elements: its index is an int. */
 #define ERPY_EI_MAX ((size_t)INT_MAX)
 

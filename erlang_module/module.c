@@ -104,7 +104,7 @@ m_term_to_binary(PyObject *module, PyObject *obj)
     b->len = 0;
     if (erpy_buf_reserve(b, 64) < 0)
         goto done;
-    b->data[b->len++] = (char)131;
+    b->data[b->len++] = (char)ERPY_ETF_VERSION;
     if (erpy_encode(&st->codec, NULL, b, obj) < 0)
         goto done;
     res = PyBytes_FromStringAndSize(b->data, (Py_ssize_t)b->len);
@@ -174,7 +174,7 @@ m_binary_to_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     PyObject *res = NULL;
     const char *p = view.buf;
     size_t len = (size_t)view.len, idx = 0;
-    if (len < 1 || (unsigned char)p[0] != 131) {
+    if (len < 1 || (unsigned char)p[0] != ERPY_ETF_VERSION) {
         PyErr_SetString(PyExc_ValueError,
                         "malformed term: does not start with version byte 131");
         goto done;
@@ -407,7 +407,7 @@ send_cancel(erpy_bridge *b, erpy_worker *w, uint32_t seq)
 static PyObject *
 decode_payload(module_state *st, const char *p, size_t len)
 {
-    if (len < 1 || (unsigned char)p[0] != 131) {
+    if (len < 1 || (unsigned char)p[0] != ERPY_ETF_VERSION) {
         PyErr_SetString(PyExc_ValueError, "malformed reply from the helper: no version byte");
         return NULL;
     }
@@ -502,7 +502,7 @@ begin_frame_in(erpy_buf *out, int kind)
         return -1;
     out->data[4] = (char)kind;
     out->len = 4 + ERPY_HEADER_SIZE;
-    out->data[out->len++] = (char)131;
+    out->data[out->len++] = (char)ERPY_ETF_VERSION;
     return 0;
 }
 
@@ -606,7 +606,7 @@ encode_call(module_state *st, erpy_buf *out, PyObject *const *args, Py_ssize_t n
 {
     if (erpy_buf_reserve(out, 8) < 0)
         return -1;
-    out->data[out->len++] = 104;  /* SMALL_TUPLE_EXT */
+    out->data[out->len++] = ERPY_ETF_SMALL_TUPLE;
     out->data[out->len++] = 2;
     if (encode_name(st, out, args[0]) < 0)
         return -1;
@@ -615,7 +615,7 @@ encode_call(module_state *st, erpy_buf *out, PyObject *const *args, Py_ssize_t n
         if (erpy_buf_reserve(out, 5) < 0)
             return -1;
         char *d = out->data + out->len;
-        d[0] = 108;  /* LIST_EXT */
+        d[0] = ERPY_ETF_LIST;
         erpy_put_be32(d + 1, (uint32_t)n);
         out->len += 5;
         for (Py_ssize_t i = 1; i < nargs; i++)
@@ -624,7 +624,7 @@ encode_call(module_state *st, erpy_buf *out, PyObject *const *args, Py_ssize_t n
     }
     if (erpy_buf_reserve(out, 1) < 0)
         return -1;
-    out->data[out->len++] = 106;  /* NIL_EXT */
+    out->data[out->len++] = ERPY_ETF_NIL;
     return 0;
 }
 
@@ -1569,6 +1569,33 @@ erpy_exec(PyObject *m)
     if (PyModule_AddObject(m, "Waker", (PyObject *)st->Waker) < 0) {
         Py_DECREF(st->Waker);
         return -1;
+    }
+    /* The protocol's constants (protocol.h), for the Python side. */
+    static const struct { const char *name; long value; } consts[] = {
+        {"PROTOCOL_VERSION", ERPY_PROTOCOL_VERSION},
+        {"HEADER_SIZE", ERPY_HEADER_SIZE},
+        {"ASYNC_WORKER", (long)ERPY_ASYNC_WORKER},
+        {"K_CALL", ERPY_K_CALL},
+        {"K_APPLY", ERPY_K_APPLY},
+        {"K_EVAL", ERPY_K_EVAL},
+        {"K_CANCEL", ERPY_K_CANCEL},
+        {"K_CALL_ASYNC", ERPY_K_CALL_ASYNC},
+        {"K_APPLY_ASYNC", ERPY_K_APPLY_ASYNC},
+        {"K_EVAL_ASYNC", ERPY_K_EVAL_ASYNC},
+        {"K_OK", ERPY_K_OK},
+        {"K_ERROR", ERPY_K_ERROR},
+        {"K_HELLO", ERPY_K_HELLO},
+        {"K_OUTPUT", ERPY_K_OUTPUT},
+        {"K_LOG", ERPY_K_LOG},
+        {"K_CALLBACK", ERPY_K_CALLBACK},
+        {"K_CALLBACK_REPLY", ERPY_K_CALLBACK_REPLY},
+        {"K_SEND", ERPY_K_SEND},
+        {"K_MESSAGE", ERPY_K_MESSAGE},
+        {"K_RAW_STDERR", ERPY_K_RAW_STDERR},
+    };
+    for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {
+        if (PyModule_AddIntConstant(m, consts[i].name, consts[i].value) < 0)
+            return -1;
     }
     return 0;
 }

@@ -194,8 +194,8 @@ erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq)
     f[4] = ERPY_K_CANCEL;
     erpy_put_be32(f + 5, worker);
     erpy_put_be32(f + 9, seq);
-    f[13] = (char)131;
-    f[14] = 106;   /* NIL_EXT: [] */
+    f[13] = (char)ERPY_ETF_VERSION;
+    f[14] = ERPY_ETF_NIL;   /* [] */
     pthread_mutex_lock(&b->lock);
     /* Out of memory drops the cancel: the helper then lets that call run
      * to its end, and its late reply is dropped like any other. */

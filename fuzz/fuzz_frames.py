@@ -21,7 +21,7 @@ with atheris.instrument_imports():
     import erlang
     from erlang import _erlang
 
-OK, ERROR, HELLO, OUTPUT = 16, 17, 18, 19
+OK, ERROR, HELLO, OUTPUT = _erlang.K_OK, _erlang.K_ERROR, _erlang.K_HELLO, _erlang.K_OUTPUT
 N_WORKERS = 4
 
 
