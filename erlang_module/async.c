@@ -98,6 +98,7 @@ erpy_async_worker_id(void)
 static inline erpy_pending **
 ptab_slot(erpy_bridge *b, uint32_t seq)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
     return &b->ptab[seq & (b->pcap - 1)];
 }
 
@@ -106,6 +107,7 @@ ptab_slot(erpy_bridge *b, uint32_t seq)
 static int
 ptab_insert(erpy_bridge *b, erpy_pending *p)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
     if (b->n_pending >= b->pcap) {
         size_t ncap = b->pcap ? b->pcap * 2 : 64;
         erpy_pending **nt = calloc(ncap, sizeof *nt);
@@ -133,6 +135,7 @@ ptab_insert(erpy_bridge *b, erpy_pending *p)
 erpy_pending *
 erpy_ptab_remove(erpy_bridge *b, uint32_t seq)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
     if (b->pcap == 0)
         return NULL;
     for (erpy_pending **pp = ptab_slot(b, seq); *pp; pp = &(*pp)->hnext) {
@@ -151,6 +154,7 @@ erpy_ptab_remove(erpy_bridge *b, uint32_t seq)
 void
 erpy_pending_fail_all(erpy_bridge *b)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
     for (size_t i = 0; i < b->pcap; i++) {
         for (erpy_pending *p = b->ptab[i], *n; p; p = n) {
             n = p->hnext;

@@ -24,6 +24,7 @@
 
 #include "be.h"
 #include "buf.h"
+#include "debug.h"
 #include "protocol.h"
 
 /* ---------------------------------------------------------------- buffers */

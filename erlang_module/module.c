@@ -254,6 +254,7 @@ raise_exited(module_state *st, erpy_bridge *b, const char *why)
 static void
 bridge_unref(erpy_bridge *b)
 {
+    ERPY_ASSERT(PyGILState_Check());
     if (--b->refs == 0 && b->closed)
         erpy_bridge_free(b);
 }
@@ -264,6 +265,7 @@ static void
 stop_bridge(erpy_bridge *b, int timeout_ms)
 {
     int was_current;
+    ERPY_ASSERT(PyGILState_Check());
     b->refs++;
     Py_BEGIN_ALLOW_THREADS
     was_current = erpy_bridge_stop(b, timeout_ms);
@@ -360,6 +362,7 @@ raise_timeout(module_state *st, const call_limit *lim, int why)
 static erpy_bridge *
 live_bridge(module_state *st, const call_limit *lim)
 {
+    ERPY_ASSERT(PyGILState_Check() && !PyErr_Occurred());
     erpy_bridge *b = erpy_bridge_current();
     /* Until start-up (modules, on_start) is over, only the starting thread
      * may call; the others wait for it in autostart. */
@@ -779,6 +782,7 @@ static int abuf_busy;
 static PyObject *
 finished_call(module_state *st, erpy_pending *p, PyObject **dead)
 {
+    ERPY_ASSERT(PyGILState_Check());
     PyObject *value;
     int ok = 0;
     if (p->dead) {

@@ -3,6 +3,7 @@
  * to the outbound queue, which whoever holds wlock writes first, in order;
  * when the pipe is full the background thread finishes the queue as the
  * pipe drains. */
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ erpy_wlock_until(erpy_bridge *b, uint64_t until_ns)
 static int
 write_all(erpy_bridge *b, const char *buf, size_t len)
 {
+    ERPY_ASSERT_LOCKED(&b->wlock);
     while (len > 0) {
         ssize_t n = write(b->to_fd, buf, len);
         if (n < 0) {
@@ -49,6 +51,7 @@ write_all(erpy_bridge *b, const char *buf, size_t len)
 int
 erpy_oq_append_locked(erpy_bridge *b, const char *frame, size_t len, size_t off, int at_head)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
     erpy_obuf *o = malloc(sizeof *o + (len - off));
     if (o == NULL)
         return ENOMEM;
@@ -72,7 +75,8 @@ erpy_oq_append_locked(erpy_bridge *b, const char *frame, size_t len, size_t off,
     return 0;
 }
 
-/* Drops the outbound queue (the helper is gone).  Lock held. */
+/* Drops the outbound queue (the helper is gone).  Lock held, or b no longer
+ * shared (erpy_bridge_free). */
 void
 erpy_oq_drop_locked(erpy_bridge *b)
 {
@@ -89,6 +93,7 @@ erpy_oq_drop_locked(erpy_bridge *b)
 size_t
 erpy_write_some(erpy_bridge *b, const char *buf, size_t len, int *err)
 {
+    ERPY_ASSERT_LOCKED(&b->wlock);
     size_t done = 0;
     *err = 0;
     while (done < len) {
@@ -111,6 +116,7 @@ erpy_write_some(erpy_bridge *b, const char *buf, size_t len, int *err)
 static int
 oq_flush(erpy_bridge *b)
 {
+    ERPY_ASSERT_LOCKED(&b->wlock);
     for (;;) {
         pthread_mutex_lock(&b->lock);
         erpy_obuf *o = b->oq;
@@ -190,6 +196,8 @@ void
 erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq)
 {
     char f[4 + ERPY_HEADER_SIZE + 2];
+    /* Small enough that a write of it is atomic: a CANCEL is never torn. */
+    _Static_assert(sizeof f <= PIPE_BUF, "a CANCEL frame fits in PIPE_BUF");
     erpy_put_be32(f, ERPY_HEADER_SIZE + 2);
     f[4] = ERPY_K_CANCEL;
     erpy_put_be32(f + 5, worker);

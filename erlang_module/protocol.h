@@ -22,6 +22,7 @@
 
 #define ERPY_PROTOCOL_VERSION 1
 #define ERPY_HEADER_SIZE 9          /* Kind:8 + Worker:32 + Seq:32 */
+_Static_assert(ERPY_HEADER_SIZE == 1 + 4 + 4, "the header is Kind, Worker, Seq");
 
 /* Python -> BEAM */
 #define ERPY_K_CALL            1    /* {Name :: binary(), Args :: list()} */

@@ -61,7 +61,9 @@ typedef struct erpy_bridge {
     pid_t pid;                    /* 0 after reaping or in a forked child */
     int to_fd, from_fd, err_fd;
     pthread_mutex_t wlock;        /* serialises writes to to_fd (non-blocking) */
-    pthread_mutex_t lock;         /* everything below unless said otherwise */
+    pthread_mutex_t lock;         /* everything below unless said otherwise (the
+                                     locks, their order and the lock-free reads:
+                                     transport_int.h) */
     pthread_cond_t cond;          /* hello / dead / threads done */
     erpy_worker *leader;          /* who reads from_fd now: a worker, ERPY_BG or NULL */
     erpy_worker *waiting;         /* list of workers waiting for a reply */
@@ -72,7 +74,8 @@ typedef struct erpy_bridge {
     char why[200];                /* why it is dead, when not a plain exit */
     erpy_frame *hello;
     int stopping;
-    int ready;                    /* start-up (modules, on_start) finished */
+    int ready;                    /* start-up (modules, on_start) finished; module.c's,
+                                     only touched with the GIL */
     int closed;                   /* descriptors closed, threads gone: freeable */
     long refs;                    /* module.c's references; only touched with the GIL */
     /* The reader's buffers belong to the current leader (handed over under lock). */

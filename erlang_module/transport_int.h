@@ -11,17 +11,56 @@
  *             background and stderr threads, the current helper
  *   spawn.c   posix_spawn of the helper process
  *
- * Locks (each file says what its own guard):
- *   bridge->lock      the leader, the waiting list, inboxes, the pending
- *                     table, the outbound queue's list, hello and the dead state
- *   bridge->wlock     writes to the helper's stdin
- *   bridge->tail_lock the captured stderr
- *   pool_lock         the pool's free list (pool.c)
+ * Locks, and what each guards:
+ *   bridge->lock      the leader, the waiting list, workers' wait state and
+ *                     inboxes, the pending table, the outbound queue's list,
+ *                     hello, ready, stopping, dead/exit_status/why,
+ *                     threads_running, closed
+ *   bridge->wlock     writes to the helper's stdin, and to_fd itself (closed
+ *                     and set to -1 under it by erpy_bridge_stop)
+ *   bridge->tail_lock the captured stderr (head, tail, err_total, err_eof)
+ *   pool_lock         the pool's free list and growing it (pool.c)
  *   out_lock          the output queue (output.c)
- *   current_lock      writers of the current-bridge pointer (helper.c)
- *   a waker's lock    its done queue
- * The only nestings: wlock then bridge->lock (writing the outbound queue),
- * and bridge->lock then out_lock or a waker's lock (dispatch).
+ *   current_lock      serialises writers of the current-bridge pointer
+ *                     (helper.c); readers load it atomically
+ *   a waker's lock    its done queue and `signalled` (async.c)
+ *
+ * Nestings (the first taken first; there are no others):
+ *   wlock -> bridge->lock        oq_flush and erpy_async_submit, writing the
+ *                                outbound queue (also reached from
+ *                                erpy_oq_kick: erpy_bridge_write,
+ *                                erpy_bridge_cancel, the background thread)
+ *   bridge->lock -> out_lock     dispatch -> erpy_output_push
+ *   bridge->lock -> waker lock   dispatch and mark_dead -> erpy_waker_push
+ * tail_lock, pool_lock and current_lock are leaves: nothing is taken while
+ * one is held, and none is taken under another lock.  Nobody takes wlock
+ * while holding bridge->lock (erpy_bridge_cancel queues under the lock and
+ * writes after releasing it).
+ *
+ * Read without a lock, and why that is safe:
+ *   oq_bytes          atomic (a hint: "the queue may hold something")
+ *   w->wait_seq       stored atomically; worker_release reads it at thread
+ *                     exit to leave a worker that is still registered
+ *   erpy_n_workers, current   atomic, published with release ordering
+ *   to_fd             read by the background thread to poll for POLLOUT: a
+ *                     stale value only makes it flush, and the flush checks
+ *                     to_fd again under wlock
+ *   pid               written by erpy_bridge_start before any thread runs,
+ *                     then set to 0 once by the thread that reaps (erpy_reap,
+ *                     the only waitpid); kill() from another thread (stop,
+ *                     kill) may race with that reap
+ *   refs, ready       module.c's, only with the GIL
+ *   dead              set once, never cleared: module.c reads it with the
+ *                     GIL to fail fast; a stale 0 is caught under the lock
+ *                     (erpy_call returns ERPY_W_NOT_SENT).  exit_status and
+ *                     why are written before dead under the lock and read
+ *                     by module.c only once it saw dead (or stop returned)
+ *   closed            set under the lock by erpy_bridge_stop; module.c reads
+ *                     it with the GIL, in the thread that ran the stop or
+ *                     after it (a stale 0 only delays the free to the last
+ *                     reference's drop)
+ *   rbuf, big, ...    the reader's buffers: only the current leader uses
+ *                     them, and leadership changes hands under the lock
  */
 #ifndef ERPY_TRANSPORT_INT_H
 #define ERPY_TRANSPORT_INT_H
@@ -33,6 +72,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "debug.h"
 #include "transport.h"
 
 /* The transport runs without the GIL and never touches a PyObject: the

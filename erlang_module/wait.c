@@ -50,6 +50,8 @@ worker_sleep(erpy_worker *w, int ms)
 int
 erpy_promote(erpy_bridge *b, erpy_worker *except)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
+    ERPY_ASSERT(b->leader == NULL);
     for (erpy_worker *x = b->waiting; x; x = x->wnext) {
         if (x != except && !x->has_reply)
             return x->pipe_w;
@@ -63,6 +65,7 @@ erpy_promote(erpy_bridge *b, erpy_worker *except)
 static void
 deregister(erpy_bridge *b, erpy_worker *w)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
     if (w->wait_seq == 0)
         return;
     if (w->wprev)
@@ -87,6 +90,7 @@ deregister(erpy_bridge *b, erpy_worker *w)
 static void
 mark_dead(erpy_bridge *b, int status, const char *why)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
     if (b->dead)
         return;
     b->dead = 1;
@@ -110,6 +114,7 @@ mark_dead(erpy_bridge *b, int status, const char *why)
 static int
 dispatch(erpy_bridge *b, erpy_frame *f, erpy_worker *self)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
     f->next = NULL;
     if (f->worker == 0) {
         if (f->kind == ERPY_K_HELLO && b->hello == NULL) {
@@ -321,6 +326,8 @@ erpy_lead_once(erpy_bridge *b, erpy_worker *self, int timeout_ms, int extra_fd)
 static void
 register_locked(erpy_bridge *b, erpy_worker *w, uint32_t seq)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
+    ERPY_ASSERT(!b->dead);
     w->wait_bridge = b;
     __atomic_store_n(&w->wait_seq, seq, __ATOMIC_RELEASE);
     w->has_reply = 0;
@@ -348,6 +355,7 @@ static int
 wait_locked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice_end,
             erpy_frame **frames, int *wake)
 {
+    ERPY_ASSERT_LOCKED(&b->lock);
     int result;
     *frames = NULL;
     *wake = -1;
