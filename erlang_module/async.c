@@ -1,5 +1,5 @@
 /* Calls in flight without a thread: wakers (a queue of finished calls and a
- * pipe), the pending-call table of a bridge (keyed by Seq on the async
+ * pipe), the pending-call table of a helper (keyed by Seq on the async
  * channel), and submitting and withdrawing async calls (see transport.h). */
 #include <fcntl.h>
 #include <poll.h>
@@ -96,7 +96,7 @@ erpy_async_worker_id(void)
 
 /* Bucket of seq.  Lock held; b->pcap > 0. */
 static inline erpy_pending **
-ptab_slot(erpy_bridge *b, uint32_t seq)
+ptab_slot(erpy_helper *b, uint32_t seq)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     return &b->ptab[seq & (b->pcap - 1)];
@@ -105,7 +105,7 @@ ptab_slot(erpy_bridge *b, uint32_t seq)
 /* Inserts p, growing the table when it is fuller than one entry a bucket.
  * Lock held.  Returns 0 or ENOMEM. */
 static int
-ptab_insert(erpy_bridge *b, erpy_pending *p)
+ptab_insert(erpy_helper *b, erpy_pending *p)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     if (b->n_pending >= b->pcap) {
@@ -133,7 +133,7 @@ ptab_insert(erpy_bridge *b, erpy_pending *p)
 
 /* Removes and returns the pending call seq, or NULL.  Lock held. */
 erpy_pending *
-erpy_ptab_remove(erpy_bridge *b, uint32_t seq)
+erpy_ptab_remove(erpy_helper *b, uint32_t seq)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     if (b->pcap == 0)
@@ -152,7 +152,7 @@ erpy_ptab_remove(erpy_bridge *b, uint32_t seq)
 
 /* Finishes every pending call of b as dead (the helper died).  Lock held. */
 void
-erpy_pending_fail_all(erpy_bridge *b)
+erpy_pending_fail_all(erpy_helper *b)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     for (size_t i = 0; i < b->pcap; i++) {
@@ -168,7 +168,7 @@ erpy_pending_fail_all(erpy_bridge *b)
 }
 
 int
-erpy_async_submit(erpy_bridge *b, erpy_waker *k, void *ctx, char *buf, size_t len,
+erpy_async_submit(erpy_helper *b, erpy_waker *k, void *ctx, char *buf, size_t len,
                   uint32_t *seq_out)
 {
     erpy_pending *p = calloc(1, sizeof *p);
@@ -186,14 +186,14 @@ erpy_async_submit(erpy_bridge *b, erpy_waker *k, void *ctx, char *buf, size_t le
         free(p);
         return EAGAIN;
     }
-    /* One Seq space for every bridge of the process: a Seq withdrawn late
+    /* One Seq space for every helper of the process: a Seq withdrawn late
      * can never name a call of the helper started after its own died. */
     static uint32_t last_seq;
     uint32_t seq = __atomic_add_fetch(&last_seq, 1, __ATOMIC_RELAXED);
     if (seq == 0)
         seq = __atomic_add_fetch(&last_seq, 1, __ATOMIC_RELAXED);
     p->seq = seq;
-    p->bridge = b;
+    p->helper = b;
     p->waker = k;
     p->ctx = ctx;
     if (ptab_insert(b, p) != 0) {
@@ -251,18 +251,18 @@ erpy_async_submit(erpy_bridge *b, erpy_waker *k, void *ctx, char *buf, size_t le
 }
 
 erpy_pending *
-erpy_async_withdraw(erpy_bridge *b, uint32_t seq)
+erpy_async_withdraw(erpy_helper *b, uint32_t seq)
 {
     pthread_mutex_lock(&b->lock);
     erpy_pending *p = erpy_ptab_remove(b, seq);
     pthread_mutex_unlock(&b->lock);
     if (p != NULL)
-        erpy_bridge_cancel(b, ERPY_ASYNC_WORKER, seq);
+        erpy_helper_cancel(b, ERPY_ASYNC_WORKER, seq);
     return p;
 }
 
 erpy_pending *
-erpy_async_withdraw_all(erpy_bridge *b, erpy_waker *k)
+erpy_async_withdraw_all(erpy_helper *b, erpy_waker *k)
 {
     erpy_pending *list = NULL;
     pthread_mutex_lock(&b->lock);
@@ -282,6 +282,6 @@ erpy_async_withdraw_all(erpy_bridge *b, erpy_waker *k)
     }
     pthread_mutex_unlock(&b->lock);
     for (erpy_pending *p = list; p; p = p->dnext)
-        erpy_bridge_cancel(b, ERPY_ASYNC_WORKER, p->seq);
+        erpy_helper_cancel(b, ERPY_ASYNC_WORKER, p->seq);
     return list;
 }

@@ -8,6 +8,9 @@
  *   spawn.c      starting the helper process, its stderr, reaping
  *   module.c     the Python module `erlang._erlang`: glue and entry points
  *
+ * erpy_helper is one helper process and its channel (pipes, reader state,
+ * threads).
+ *
  * Conventions: every internal symbol starts with erpy_ (ei_ is libei's).
  * Functions returning int return 0 on success, -1 with a Python exception set
  * (when they are called with the GIL held) unless their comment says otherwise.

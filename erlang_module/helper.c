@@ -1,7 +1,7 @@
-/* The helper process and its bridge: start (spawn.c does the spawning),
+/* The helper process and its channel: start (spawn.c does the spawning),
  * stop, free, kill; reaping it and keeping its last words; the background
  * thread (leads when nobody waits, finishes the outbound queue) and the
- * stderr thread; which bridge is current. */
+ * stderr thread; which helper is current. */
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
@@ -15,16 +15,16 @@
 #define BG_IDLE_NS (5 * 1000000ULL)      /* bg thread leads after 5 ms without callers */
 #define STALL_NS (50 * 1000000ULL)      /* waiters without a leader this long: rescued */
 
-static void capture_err(erpy_bridge *b, const char *buf, size_t n);
+static void capture_err(erpy_helper *b, const char *buf, size_t n);
 
 static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
-static erpy_bridge *current;
+static erpy_helper *current;
 
 void
-erpy_bridge_after_fork(void)
+erpy_helper_after_fork(void)
 {
     pthread_mutex_init(&current_lock, NULL);
-    erpy_bridge *b = current;
+    erpy_helper *b = current;
     current = NULL;
     if (b != NULL) {
         int fds[] = {b->to_fd, b->from_fd, b->err_fd, b->bg_pipe[0], b->bg_pipe[1]};
@@ -34,8 +34,8 @@ erpy_bridge_after_fork(void)
     }
 }
 
-erpy_bridge *
-erpy_bridge_current(void)
+erpy_helper *
+erpy_helper_current(void)
 {
     /* On every call's path: an atomic load, no lock.  Writers hold
      * current_lock and store with release ordering. */
@@ -46,7 +46,7 @@ erpy_bridge_current(void)
  * exit (it normally has already), then kills it.  Returns the wait status,
  * or -1.  Called by the one thread that saw EOF, without the lock. */
 int
-erpy_reap(erpy_bridge *b, int wait_ms)
+erpy_reap(erpy_helper *b, int wait_ms)
 {
     pid_t pid = b->pid;
     if (pid <= 0)
@@ -88,7 +88,7 @@ erpy_reap(erpy_bridge *b, int wait_ms)
  * helper) and records all of it, and what the reader had buffered, with its
  * stderr.  Only before HELLO, by the leader, without the lock. */
 void
-erpy_drain_dying_words(erpy_bridge *b)
+erpy_drain_dying_words(erpy_helper *b)
 {
     static const char label[] = "\n(written to stdout:)\n";
     capture_err(b, label, sizeof label - 1);
@@ -130,7 +130,7 @@ erpy_stall_rescues(void)
 static void *
 bg_main(void *arg)
 {
-    erpy_bridge *b = arg;
+    erpy_helper *b = arg;
     erpy_block_all_signals();
     pthread_mutex_lock(&b->lock);
     while (!b->dead) {
@@ -185,7 +185,7 @@ bg_main(void *arg)
  * HELLO) for error messages: the first ERPY_ERR_HEAD bytes stay, and so do
  * the last ERPY_ERR_TAIL of the rest. */
 static void
-capture_err(erpy_bridge *b, const char *buf, size_t n)
+capture_err(erpy_helper *b, const char *buf, size_t n)
 {
     pthread_mutex_lock(&b->tail_lock);
     b->err_total += n;
@@ -215,7 +215,7 @@ capture_err(erpy_bridge *b, const char *buf, size_t n)
 static void *
 err_main(void *arg)
 {
-    erpy_bridge *b = arg;
+    erpy_helper *b = arg;
     erpy_block_all_signals();
     char buf[4096];
     for (;;) {
@@ -246,7 +246,7 @@ err_main(void *arg)
 }
 
 size_t
-erpy_bridge_stderr_text(erpy_bridge *b, char *dst, size_t cap)
+erpy_helper_stderr_text(erpy_helper *b, char *dst, size_t cap)
 {
     pthread_mutex_lock(&b->tail_lock);
     size_t n = 0;
@@ -277,17 +277,17 @@ start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
     return rc;
 }
 
-erpy_bridge *
-erpy_bridge_start(char *const argv[], char *const envp[], int *err)
+erpy_helper *
+erpy_helper_start(char *const argv[], char *const envp[], int *err)
 {
-    erpy_bridge *b = calloc(1, sizeof *b);
+    erpy_helper *b = calloc(1, sizeof *b);
     if (b == NULL) {
         *err = ENOMEM;
         return NULL;
     }
     b->rbuf = malloc(RBUF_SIZE);
     b->rcap = RBUF_SIZE;
-    b->refs = 1;   /* the current-bridge slot's */
+    b->refs = 1;   /* the current-helper slot's */
     b->exit_status = -1;
     b->bg_pipe[0] = b->bg_pipe[1] = -1;
     if (b->rbuf == NULL) {
@@ -308,7 +308,7 @@ erpy_bridge_start(char *const argv[], char *const envp[], int *err)
     b->threads_running = 2;
     if ((*err = start_thread(&b->err_thread, err_main, b)) != 0) {
         b->threads_running = 0;
-        erpy_bridge_kill(b);
+        erpy_helper_kill(b);
         close(b->to_fd);
         close(b->from_fd);
         close(b->err_fd);
@@ -317,7 +317,7 @@ erpy_bridge_start(char *const argv[], char *const envp[], int *err)
     if ((*err = start_thread(&b->bg_thread, bg_main, b)) != 0) {
         /* The stderr thread ends on its own when the helper dies. */
         b->threads_running = 1;
-        erpy_bridge_kill(b);
+        erpy_helper_kill(b);
         close(b->to_fd);
         b->to_fd = -1;
         return NULL;   /* leaked on purpose: the stderr thread still uses it */
@@ -337,7 +337,7 @@ fail:
 }
 
 int
-erpy_bridge_wait_hello(erpy_bridge *b, int slice_ms)
+erpy_helper_wait_hello(erpy_helper *b, int slice_ms)
 {
     struct timespec ts = erpy_abs_time_ms(slice_ms);
     pthread_mutex_lock(&b->lock);
@@ -351,14 +351,14 @@ erpy_bridge_wait_hello(erpy_bridge *b, int slice_ms)
 }
 
 void
-erpy_bridge_kill(erpy_bridge *b)
+erpy_helper_kill(erpy_helper *b)
 {
     if (b->pid > 0)
         kill(b->pid, SIGKILL);
 }
 
 int
-erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
+erpy_helper_stop(erpy_helper *b, int timeout_ms)
 {
     pthread_mutex_lock(&b->lock);
     b->stopping = 1;
@@ -368,7 +368,7 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
      * which ends that write with EPIPE. */
     uint64_t until = erpy_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ULL;
     if (erpy_wlock_until(b, until) != 0) {
-        erpy_bridge_kill(b);
+        erpy_helper_kill(b);
         pthread_mutex_lock(&b->wlock);
     }
     if (b->to_fd >= 0) {
@@ -386,7 +386,7 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
     if (!b->dead) {
         /* Did not halt in time (or nobody reads its stdout): kill it; the
          * reader then sees EOF and reaps it. */
-        erpy_bridge_kill(b);
+        erpy_helper_kill(b);
         ts = erpy_abs_time_ms(2000);
         while (!b->dead) {
             if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
@@ -400,7 +400,7 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
             break;
     }
     if (b->dead && b->threads_running == 0 && !b->closed) {
-        /* Nobody reads these any more (a dead bridge has no leader). */
+        /* Nobody reads these any more (a dead helper has no leader). */
         b->closed = 1;
         close(b->from_fd);
         close(b->err_fd);
@@ -425,13 +425,13 @@ erpy_bridge_stop(erpy_bridge *b, int timeout_ms)
 }
 
 void
-erpy_bridge_free(erpy_bridge *b)
+erpy_helper_free(erpy_helper *b)
 {
     erpy_frames_free(b->hello);
     erpy_frames_free(b->big);
     free(b->rbuf);
     erpy_oq_drop_locked(b);
-    free(b->ptab);   /* empty: a dead bridge's calls went to their wakers */
+    free(b->ptab);   /* empty: a dead helper's calls went to their wakers */
     pthread_mutex_destroy(&b->wlock);
     pthread_mutex_destroy(&b->lock);
     pthread_mutex_destroy(&b->tail_lock);

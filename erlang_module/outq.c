@@ -13,7 +13,7 @@
 /* Takes wlock, waiting until until_ns (CLOCK_MONOTONIC; UINT64_MAX: no
  * limit).  Returns 0, or ETIMEDOUT without it. */
 int
-erpy_wlock_until(erpy_bridge *b, uint64_t until_ns)
+erpy_wlock_until(erpy_helper *b, uint64_t until_ns)
 {
     if (until_ns == UINT64_MAX)
         return pthread_mutex_lock(&b->wlock);
@@ -24,7 +24,7 @@ erpy_wlock_until(erpy_bridge *b, uint64_t until_ns)
 /* Writes all of buf to the non-blocking to_fd, waiting in poll() while the
  * pipe is full.  wlock held.  Returns 0 or an errno value. */
 static int
-write_all(erpy_bridge *b, const char *buf, size_t len)
+write_all(erpy_helper *b, const char *buf, size_t len)
 {
     ERPY_ASSERT_LOCKED(&b->wlock);
     while (len > 0) {
@@ -49,7 +49,7 @@ write_all(erpy_bridge *b, const char *buf, size_t len)
  * unwritten rest of a frame begun under wlock).  Lock held.  Returns 0 or
  * ENOMEM. */
 int
-erpy_oq_append_locked(erpy_bridge *b, const char *frame, size_t len, size_t off, int at_head)
+erpy_oq_append_locked(erpy_helper *b, const char *frame, size_t len, size_t off, int at_head)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     erpy_obuf *o = malloc(sizeof *o + (len - off));
@@ -76,9 +76,9 @@ erpy_oq_append_locked(erpy_bridge *b, const char *frame, size_t len, size_t off,
 }
 
 /* Drops the outbound queue (the helper is gone).  Lock held, or b no longer
- * shared (erpy_bridge_free). */
+ * shared (erpy_helper_free). */
 void
-erpy_oq_drop_locked(erpy_bridge *b)
+erpy_oq_drop_locked(erpy_helper *b)
 {
     for (erpy_obuf *o = b->oq, *n; o; o = n) {
         n = o->next;
@@ -91,7 +91,7 @@ erpy_oq_drop_locked(erpy_bridge *b)
 /* Writes what the pipe takes of buf[0..len) without blocking.  wlock held.
  * Returns the bytes written; *err is 0, EAGAIN (pipe full) or an errno. */
 size_t
-erpy_write_some(erpy_bridge *b, const char *buf, size_t len, int *err)
+erpy_write_some(erpy_helper *b, const char *buf, size_t len, int *err)
 {
     ERPY_ASSERT_LOCKED(&b->wlock);
     size_t done = 0;
@@ -114,7 +114,7 @@ erpy_write_some(erpy_bridge *b, const char *buf, size_t len, int *err)
  * the lock.  wlock held.  Returns 0 (queue empty), EAGAIN (pipe full) or
  * an errno value (the helper is gone: the queue is dropped). */
 static int
-oq_flush(erpy_bridge *b)
+oq_flush(erpy_helper *b)
 {
     ERPY_ASSERT_LOCKED(&b->wlock);
     for (;;) {
@@ -150,7 +150,7 @@ oq_flush(erpy_bridge *b)
  * emptiness check after each unlock closes the window in which a frame is
  * queued while the holder is leaving.) */
 void
-erpy_oq_kick(erpy_bridge *b)
+erpy_oq_kick(erpy_helper *b)
 {
     while (__atomic_load_n(&b->oq_bytes, __ATOMIC_SEQ_CST) > 0 &&
            pthread_mutex_trylock(&b->wlock) == 0) {
@@ -166,7 +166,7 @@ erpy_oq_kick(erpy_bridge *b)
 }
 
 int
-erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len, uint64_t until_ns)
+erpy_helper_write(erpy_helper *b, const char *buf, size_t len, uint64_t until_ns)
 {
     if (erpy_wlock_until(b, until_ns) != 0)
         return ETIMEDOUT;
@@ -193,7 +193,7 @@ erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len, uint64_t until_ns
 }
 
 void
-erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq)
+erpy_helper_cancel(erpy_helper *b, uint32_t worker, uint32_t seq)
 {
     char f[4 + ERPY_HEADER_SIZE + 2];
     /* Small enough that a write of it is atomic: a CANCEL is never torn. */

@@ -110,7 +110,7 @@ static void
 atfork_child(void)
 {
     pthread_mutex_init(&pool_lock, NULL);
-    erpy_bridge_after_fork();
+    erpy_helper_after_fork();
     erpy_output_after_fork();
     erpy_worker *mine = pthread_getspecific(worker_key);
     free_list = NULL;
@@ -122,7 +122,7 @@ atfork_child(void)
             close(w->pipe_w);
             w->pipe_r = w->pipe_w = -1;
         }
-        w->wait_bridge = NULL;
+        w->wait_helper = NULL;
         w->wait_seq = 0;
         w->has_reply = 0;
         w->inbox = w->inbox_tail = NULL;   /* leaked: a few frames at most */

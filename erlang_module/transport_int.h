@@ -12,29 +12,29 @@
  *   spawn.c   posix_spawn of the helper process
  *
  * Locks, and what each guards:
- *   bridge->lock      the leader, the waiting list, workers' wait state and
+ *   helper->lock      the leader, the waiting list, workers' wait state and
  *                     inboxes, the pending table, the outbound queue's list,
  *                     hello, ready, stopping, dead/exit_status/why,
  *                     threads_running, closed
- *   bridge->wlock     writes to the helper's stdin, and to_fd itself (closed
- *                     and set to -1 under it by erpy_bridge_stop)
- *   bridge->tail_lock the captured stderr (head, tail, err_total, err_eof)
+ *   helper->wlock     writes to the helper's stdin, and to_fd itself (closed
+ *                     and set to -1 under it by erpy_helper_stop)
+ *   helper->tail_lock the captured stderr (head, tail, err_total, err_eof)
  *   pool_lock         the pool's free list and growing it (pool.c)
  *   out_lock          the output queue (output.c)
- *   current_lock      serialises writers of the current-bridge pointer
+ *   current_lock      serialises writers of the current-helper pointer
  *                     (helper.c); readers load it atomically
  *   a waker's lock    its done queue and `signalled` (async.c)
  *
  * Nestings (the first taken first; there are no others):
- *   wlock -> bridge->lock        oq_flush and erpy_async_submit, writing the
+ *   wlock -> helper->lock        oq_flush and erpy_async_submit, writing the
  *                                outbound queue (also reached from
- *                                erpy_oq_kick: erpy_bridge_write,
- *                                erpy_bridge_cancel, the background thread)
- *   bridge->lock -> out_lock     dispatch -> erpy_output_push
- *   bridge->lock -> waker lock   dispatch and mark_dead -> erpy_waker_push
+ *                                erpy_oq_kick: erpy_helper_write,
+ *                                erpy_helper_cancel, the background thread)
+ *   helper->lock -> out_lock     dispatch -> erpy_output_push
+ *   helper->lock -> waker lock   dispatch and mark_dead -> erpy_waker_push
  * tail_lock, pool_lock and current_lock are leaves: nothing is taken while
  * one is held, and none is taken under another lock.  Nobody takes wlock
- * while holding bridge->lock (erpy_bridge_cancel queues under the lock and
+ * while holding helper->lock (erpy_helper_cancel queues under the lock and
  * writes after releasing it).
  *
  * Read without a lock, and why that is safe:
@@ -45,17 +45,17 @@
  *   to_fd             read by the background thread to poll for POLLOUT: a
  *                     stale value only makes it flush, and the flush checks
  *                     to_fd again under wlock
- *   pid               written by erpy_bridge_start before any thread runs,
+ *   pid               written by erpy_helper_start before any thread runs,
  *                     then set to 0 once by the thread that reaps (erpy_reap,
  *                     the only waitpid); kill() from another thread (stop,
  *                     kill) may race with that reap
  *   refs, ready       module.c's, only with the GIL
  *   dead              set once, never cleared: module.c reads it with the
  *                     GIL to fail fast; a stale 0 is caught under the lock
- *                     (erpy_call returns ERPY_W_NOT_SENT).  exit_status and
+ *                     (erpy_call returns ERPY_W_DEAD_BEFORE_SEND).  exit_status and
  *                     why are written before dead under the lock and read
  *                     by module.c only once it saw dead (or stop returned)
- *   closed            set under the lock by erpy_bridge_stop; module.c reads
+ *   closed            set under the lock by erpy_helper_stop; module.c reads
  *                     it with the GIL, in the thread that ran the stop or
  *                     after it (a stale 0 only delays the free to the last
  *                     reference's drop)
@@ -192,33 +192,33 @@ void erpy_output_after_fork(void);
 
 /* One round of leading (see wait.c). */
 enum { ERPY_LEAD_FRAMES = 1, ERPY_LEAD_IDLE = 0, ERPY_LEAD_EINTR = -1, ERPY_LEAD_DEAD = -2 };
-int erpy_lead_once(erpy_bridge *b, erpy_worker *self, int timeout_ms, int extra_fd);
+int erpy_lead_once(erpy_helper *b, erpy_worker *self, int timeout_ms, int extra_fd);
 /* The wake-up fd of a waiting worker other than except to lead (or of the
  * background thread), or -1.  Lock held; b->leader is NULL. */
-int erpy_promote(erpy_bridge *b, erpy_worker *except);
+int erpy_promote(erpy_helper *b, erpy_worker *except);
 
 /* ------------------------------------------------------------- outq.c */
 
-int erpy_wlock_until(erpy_bridge *b, uint64_t until_ns);
-size_t erpy_write_some(erpy_bridge *b, const char *buf, size_t len, int *err);
-int erpy_oq_append_locked(erpy_bridge *b, const char *frame, size_t len, size_t off,
+int erpy_wlock_until(erpy_helper *b, uint64_t until_ns);
+size_t erpy_write_some(erpy_helper *b, const char *buf, size_t len, int *err);
+int erpy_oq_append_locked(erpy_helper *b, const char *frame, size_t len, size_t off,
                           int at_head);
-void erpy_oq_drop_locked(erpy_bridge *b);
-void erpy_oq_kick(erpy_bridge *b);
+void erpy_oq_drop_locked(erpy_helper *b);
+void erpy_oq_kick(erpy_helper *b);
 
 /* ------------------------------------------------------------ async.c */
 
 int erpy_waker_push(erpy_pending *p);
-erpy_pending *erpy_ptab_remove(erpy_bridge *b, uint32_t seq);
+erpy_pending *erpy_ptab_remove(erpy_helper *b, uint32_t seq);
 /* Finishes every pending call of b as dead (the helper died).  Lock held. */
-void erpy_pending_fail_all(erpy_bridge *b);
+void erpy_pending_fail_all(erpy_helper *b);
 
 /* ----------------------------------------------------------- helper.c */
 
-int erpy_reap(erpy_bridge *b, int wait_ms);
-void erpy_drain_dying_words(erpy_bridge *b);
+int erpy_reap(erpy_helper *b, int wait_ms);
+void erpy_drain_dying_words(erpy_helper *b);
 /* In a forked child: forgets the parent's helper (closing our copies of its
  * descriptors).  Async-signal-safe. */
-void erpy_bridge_after_fork(void);
+void erpy_helper_after_fork(void);
 
 #endif

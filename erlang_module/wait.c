@@ -12,7 +12,7 @@
  * never blocks on another worker: wake-up pipes are non-blocking and one
  * byte is enough.
  *
- * Async calls are not a thread's: each is an entry of the bridge's pending
+ * Async calls are not a thread's: each is an entry of the helper's pending
  * table (async.c), and its reply goes to the entry's waker.  While any is
  * pending, the background thread reads whenever no waiting thread does. */
 #include <poll.h>
@@ -48,7 +48,7 @@ worker_sleep(erpy_worker *w, int ms)
  * about to leave and would not lead: waking it instead would leave the
  * others with no reader.  Lock held; b->leader is NULL. */
 int
-erpy_promote(erpy_bridge *b, erpy_worker *except)
+erpy_promote(erpy_helper *b, erpy_worker *except)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     ERPY_ASSERT(b->leader == NULL);
@@ -63,7 +63,7 @@ erpy_promote(erpy_bridge *b, erpy_worker *except)
 
 /* Removes w from the waiting list and steps it down if it leads.  Lock held. */
 static void
-deregister(erpy_bridge *b, erpy_worker *w)
+deregister(erpy_helper *b, erpy_worker *w)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     if (w->wait_seq == 0)
@@ -76,7 +76,7 @@ deregister(erpy_bridge *b, erpy_worker *w)
         w->wnext->wprev = w->wprev;
     w->wnext = w->wprev = NULL;
     __atomic_store_n(&w->wait_seq, 0, __ATOMIC_RELEASE);
-    w->wait_bridge = NULL;
+    w->wait_helper = NULL;
     w->has_reply = 0;
     b->n_waiting--;
     b->last_activity_ns = erpy_now_ns();
@@ -86,9 +86,9 @@ deregister(erpy_bridge *b, erpy_worker *w)
         b->leader = NULL;
 }
 
-/* Marks the bridge dead and wakes everyone who waits on it.  Lock held. */
+/* Marks the helper dead and wakes everyone who waits on it.  Lock held. */
 static void
-mark_dead(erpy_bridge *b, int status, const char *why)
+mark_dead(erpy_helper *b, int status, const char *why)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     if (b->dead)
@@ -112,7 +112,7 @@ mark_dead(erpy_bridge *b, int status, const char *why)
  * Returns the wake-up fd of the worker to wake once the lock is released,
  * or -1. */
 static int
-dispatch(erpy_bridge *b, erpy_frame *f, erpy_worker *self)
+dispatch(erpy_helper *b, erpy_frame *f, erpy_worker *self)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     f->next = NULL;
@@ -143,7 +143,7 @@ dispatch(erpy_bridge *b, erpy_frame *f, erpy_worker *self)
         return erpy_waker_push(p);
     }
     erpy_worker *w = erpy_worker_by_id(f->worker);
-    if (w == NULL || w->wait_bridge != b || w->wait_seq != f->seq || w->has_reply) {
+    if (w == NULL || w->wait_helper != b || w->wait_seq != f->seq || w->has_reply) {
         /* Stale (timed out, cancelled, or duplicate) or unknown worker.
          * Output is still shown; anything else is dropped. */
         if (f->kind == ERPY_K_OUTPUT)
@@ -170,7 +170,7 @@ enum { READ_EOF = -1, READ_ERROR = -2, READ_PROTOCOL = -3, READ_AGAIN = -4 };
  * lock.  Returns the number of complete frames (maybe 0), or a negative
  * READ_* code. */
 static int
-read_frames(erpy_bridge *b, erpy_frame **list, erpy_frame **tail, int *more)
+read_frames(erpy_helper *b, erpy_frame **list, erpy_frame **tail, int *more)
 {
     size_t want;
     ssize_t n;
@@ -240,9 +240,9 @@ read_frames(erpy_bridge *b, erpy_frame **list, erpy_frame **tail, int *more)
  * if >= 0) to be readable, reads and dispatches.  Called by the leader
  * without the lock.  Returns ERPY_LEAD_FRAMES, ERPY_LEAD_IDLE (timeout, or
  * only extra_fd was readable), ERPY_LEAD_EINTR, or ERPY_LEAD_DEAD when the
- * bridge died. */
+ * helper died. */
 int
-erpy_lead_once(erpy_bridge *b, erpy_worker *self, int timeout_ms, int extra_fd)
+erpy_lead_once(erpy_helper *b, erpy_worker *self, int timeout_ms, int extra_fd)
 {
     /* The background thread (self NULL) also finishes the outbound queue
      * when the pipe has room again.  poll() skips negative fds. */
@@ -324,11 +324,11 @@ erpy_lead_once(erpy_bridge *b, erpy_worker *self, int timeout_ms, int extra_fd)
 
 /* Adds w to b's waiting list for seq.  Lock held; b not dead. */
 static void
-register_locked(erpy_bridge *b, erpy_worker *w, uint32_t seq)
+register_locked(erpy_helper *b, erpy_worker *w, uint32_t seq)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
     ERPY_ASSERT(!b->dead);
-    w->wait_bridge = b;
+    w->wait_helper = b;
     __atomic_store_n(&w->wait_seq, seq, __ATOMIC_RELEASE);
     w->has_reply = 0;
     w->wprev = NULL;
@@ -352,7 +352,7 @@ slice_end_of(int slice_ms)
  * wake-up fd of a successor to the leader's role (or -1), for the caller to
  * write to once it released the lock. */
 static int
-wait_locked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice_end,
+wait_locked(erpy_helper *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice_end,
             erpy_frame **frames, int *wake)
 {
     ERPY_ASSERT_LOCKED(&b->lock);
@@ -428,7 +428,7 @@ wait_locked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice
 /* wait_locked with the lock taken here, and the successor it picked woken
  * once the lock is released. */
 static int
-wait_unlocked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice_end,
+wait_taking_lock(erpy_helper *b, erpy_worker *w, uint64_t deadline_ns, uint64_t slice_end,
               erpy_frame **frames)
 {
     int wake;
@@ -440,7 +440,7 @@ wait_unlocked(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, uint64_t sli
 }
 
 int
-erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t len,
+erpy_call(erpy_helper *b, erpy_worker *w, uint32_t seq, const char *buf, size_t len,
           uint64_t deadline_ns, int slice_ms, erpy_frame **frames)
 {
     uint64_t slice_end = slice_end_of(slice_ms);
@@ -448,7 +448,7 @@ erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t 
     pthread_mutex_lock(&b->lock);
     if (b->dead) {
         pthread_mutex_unlock(&b->lock);
-        return ERPY_W_NOT_SENT;
+        return ERPY_W_DEAD_BEFORE_SEND;
     }
     /* Registered before the request is written, so the reply cannot come
      * before anyone expects it. */
@@ -464,9 +464,9 @@ erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t 
      * failed write means the helper is gone: the reader sees EOF and the
      * wait reports it. */
     uint64_t wuntil = deadline_ns && deadline_ns < slice_end ? deadline_ns : slice_end;
-    if (erpy_bridge_write(b, buf, len, wuntil) == ETIMEDOUT) {
+    if (erpy_helper_write(b, buf, len, wuntil) == ETIMEDOUT) {
         erpy_wait_abandon(b, w);
-        return ERPY_W_UNSENT;
+        return ERPY_W_WRITE_BUSY;
     }
     if (leading) {
         /* The common case of a lone caller: read the reply straight away,
@@ -476,18 +476,18 @@ erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t 
         if (now < until)
             (void)erpy_lead_once(b, w, erpy_ms_until(until, now), -1);
     }
-    return wait_unlocked(b, w, deadline_ns, slice_end, frames);
+    return wait_taking_lock(b, w, deadline_ns, slice_end, frames);
 }
 
 int
-erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms,
+erpy_wait(erpy_helper *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms,
           erpy_frame **frames)
 {
-    return wait_unlocked(b, w, deadline_ns, slice_end_of(slice_ms), frames);
+    return wait_taking_lock(b, w, deadline_ns, slice_end_of(slice_ms), frames);
 }
 
 void
-erpy_wait_abandon(erpy_bridge *b, erpy_worker *w)
+erpy_wait_abandon(erpy_helper *b, erpy_worker *w)
 {
     int wake = -1;
     pthread_mutex_lock(&b->lock);
