@@ -15,7 +15,7 @@ Environment:
   ERLC            the erlc to use (default: erlc on PATH).
   ERLANG_SANITIZE "address,undefined" (or any -fsanitize= list) builds the
                   extension with sanitizers, for the test suite under ASan.
-  ERLANG_DEBUG    1: -O0 -g.
+  ERLANG_DEBUG    1: -O0 -g, and the ERPY_ASSERT contract checks (debug.h).
 """
 import functools
 import glob
@@ -126,7 +126,7 @@ cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-unused-paramete
           "-Wno-missing-field-initializers", "-fvisibility=hidden"]
 ldflags = ["-Wl,--exclude-libs,ALL", "-pthread"]
 if os.environ.get("ERLANG_DEBUG"):
-    cflags += ["-O0", "-g"]
+    cflags += ["-O0", "-g", "-DERPY_DEBUG"]   # ERPY_ASSERT checks (debug.h)
 else:
     cflags += ["-O2"]
 san = os.environ.get("ERLANG_SANITIZE")

@@ -46,12 +46,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define K_CALL 1
-#define K_EVAL 3
-#define K_OK 16
-#define K_ERROR 17
-#define K_HELLO 18
-#define HDR 9
+/* The wire protocol's kinds and header size: the extension's own. */
+#include "../erlang_module/protocol.h"
 
 extern char **environ;
 
@@ -209,11 +205,11 @@ static frame
 make_frame(int kind, uint32_t worker, const char *payload, size_t plen)
 {
     frame f;
-    f.len = 4 + HDR + plen;
+    f.len = 4 + ERPY_HEADER_SIZE + plen;
     f.d = malloc(f.len);
     if (!f.d)
         die("malloc");
-    put32(f.d, (uint32_t)(HDR + plen));
+    put32(f.d, (uint32_t)(ERPY_HEADER_SIZE + plen));
     f.d[4] = (char)kind;
     put32(f.d + 5, worker);
     put32(f.d + 9, 0);
@@ -224,10 +220,10 @@ make_frame(int kind, uint32_t worker, const char *payload, size_t plen)
 static void
 check_reply(const char *body, uint32_t blen, uint32_t worker, uint32_t seq)
 {
-    if (blen < HDR || body[0] != K_OK || be32(body + 1) != worker || be32(body + 5) != seq) {
+    if (blen < ERPY_HEADER_SIZE || body[0] != ERPY_K_OK || be32(body + 1) != worker || be32(body + 5) != seq) {
         fprintf(stderr, "floor: unexpected reply kind=%d worker=%u seq=%u (want %u/%u)\n",
                 blen ? body[0] : -1, blen >= 5 ? be32(body + 1) : 0,
-                blen >= HDR ? be32(body + 5) : 0, worker, seq);
+                blen >= ERPY_HEADER_SIZE ? be32(body + 5) : 0, worker, seq);
         exit(2);
     }
 }
@@ -282,7 +278,7 @@ static void
 run_seq(long n, const char *payload, size_t plen)
 {
     const uint32_t worker = 1;
-    frame f = make_frame(K_CALL, worker, payload, plen);
+    frame f = make_frame(ERPY_K_CALL, worker, payload, plen);
     uint64_t *s = malloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
     uint64_t t_start = now_ns();
     for (long i = 0; i < n; i++) {
@@ -356,7 +352,7 @@ reader_main(void *arg)
                 break;
             }
             const char *body = buf + start + 4;
-            uint32_t w = blen >= HDR ? be32(body + 1) : 0;
+            uint32_t w = blen >= ERPY_HEADER_SIZE ? be32(body + 1) : 0;
             if (w < first_worker || w >= first_worker + (uint32_t)n_callers) {
                 fprintf(stderr, "floor: reply for unknown worker %u\n", w);
                 exit(2);
@@ -425,7 +421,7 @@ run_threads(int k, long n, const char *payload, size_t plen)
         c->pipe_w = p[1];
         c->worker = first_worker + (uint32_t)i;
         c->n = n;
-        c->req = make_frame(K_CALL, c->worker, payload, plen);
+        c->req = make_frame(ERPY_K_CALL, c->worker, payload, plen);
         c->samples = malloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
     }
     pthread_t rt, *ts = calloc((size_t)k, sizeof *ts);
@@ -463,13 +459,13 @@ run_pipeline(int depth, long n, const char *payload, size_t plen)
 {
     const uint32_t first = 201;
     frame *req = calloc((size_t)depth, sizeof *req);
-    size_t flen = 4 + HDR + plen;
+    size_t flen = 4 + ERPY_HEADER_SIZE + plen;
     char *batch = malloc(flen * (size_t)depth);
     size_t blen_out = 0;
     long sent = 0, got = 0;
     uint64_t t_start = now_ns();
     for (int i = 0; i < depth && sent < n; i++) {
-        req[i] = make_frame(K_CALL, first + (uint32_t)i, payload, plen);
+        req[i] = make_frame(ERPY_K_CALL, first + (uint32_t)i, payload, plen);
         put32(req[i].d + 9, ++seqs[first + i]);
         memcpy(batch + blen_out, req[i].d, flen);
         blen_out += flen;
@@ -576,7 +572,7 @@ expect_hello(void)
 {
     uint32_t blen;
     char *body = read_frame(&rb, from_fd, &blen);
-    if (blen < HDR || body[0] != K_HELLO) {
+    if (blen < ERPY_HEADER_SIZE || body[0] != ERPY_K_HELLO) {
         fprintf(stderr, "floor: first frame is not HELLO (kind %d)\n", blen ? body[0] : -1);
         exit(2);
     }
@@ -588,12 +584,12 @@ register_echo(void)
     static const char src[] = "py:register_function(echo, fun([X]) -> X end).";
     size_t sl = sizeof src - 1;
     char *p = malloc(6 + sl);
-    p[0] = (char)131;
-    p[1] = 109;   /* BINARY_EXT */
+    p[0] = (char)ERPY_ETF_VERSION;
+    p[1] = ERPY_ETF_BINARY;
     put32(p + 2, (uint32_t)sl);
     memcpy(p + 6, src, sl);
     const uint32_t worker = 1000;
-    frame f = make_frame(K_EVAL, worker, p, 6 + sl);
+    frame f = make_frame(ERPY_K_EVAL, worker, p, 6 + sl);
     put32(f.d + 9, ++seqs[worker]);
     write_all(to_fd, f.d, f.len);
     uint32_t blen;

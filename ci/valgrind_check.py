@@ -11,10 +11,14 @@ instead: only reports touching our code count.
 
 Usage: python valgrind_check.py valgrind.xml
 """
+import glob
+import os
 import sys
 import xml.etree.ElementTree as ET
 
-OUR_FILES = {"codec.c", "transport.c", "module.c", "spawn.c"}
+# Every C file of the extension (erlang_module/*.c).
+OUR_FILES = {os.path.basename(p) for p in glob.glob(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "erlang_module", "*.c"))}
 
 # Known and deliberate, reported but not counted: (kind, function that
 # allocated, why).  Remove an entry once the code no longer needs it.

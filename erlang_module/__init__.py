@@ -32,8 +32,8 @@ from ._erlang import binary_to_term, call, is_running, term_to_binary  # noqa: E
 from ._async import apply_async, call_async, map  # noqa: E402
 
 # Request kinds (erlang_module/protocol.h)
-_K_APPLY = 2
-_K_EVAL = 3
+_K_APPLY = _erlang.K_APPLY
+_K_EVAL = _erlang.K_EVAL
 
 
 def apply(module, function, args=(), timeout=None):

@@ -26,8 +26,8 @@ from ._errors import CallTimeout
 from ._types import Atom
 
 # Request kinds (erlang_module/protocol.h)
-K_APPLY = 2
-K_EVAL = 3
+K_APPLY = _erlang.K_APPLY
+K_EVAL = _erlang.K_EVAL
 
 # Timeouts longer than this (about 31 years) mean no limit, as for call().
 _TIMEOUT_MAX = 1e9

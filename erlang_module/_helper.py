@@ -384,7 +384,7 @@ def stop(timeout=5.0):
 
 # ------------------------------------------------------------------ output
 
-_LOG = 20   # ERPY_K_LOG: a logger event, for logging (see _logging)
+_LOG = _erlang.K_LOG   # a logger event, for logging (see _logging)
 
 
 def write_output(stream, data):
@@ -401,7 +401,7 @@ def write_output(stream, data):
 
 def _show(item):
     kind, data = item
-    if kind == 255:  # raw stderr of the helper
+    if kind == _erlang.K_RAW_STDERR:  # raw stderr of the helper
         write_output("stderr", data)
         return
     if kind == _LOG:  # a logger event: to Python's logging

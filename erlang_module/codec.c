@@ -83,6 +83,7 @@
 #include <ei.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -136,6 +137,11 @@ enum {
 
 #define ERPY_ATOM_CACHE_MAX 4096
 
+_Static_assert(ERPY_ETF_SMALL_TUPLE == ERL_SMALL_TUPLE_EXT, "SMALL_TUPLE_EXT");
+_Static_assert(ERPY_ETF_NIL == ERL_NIL_EXT, "NIL_EXT");
+_Static_assert(ERPY_ETF_LIST == ERL_LIST_EXT, "LIST_EXT");
+_Static_assert(ERPY_ETF_BINARY == ERL_BINARY_EXT, "BINARY_EXT");
+
 /* The largest item handed to ei, in bytes or elements: its index is an int. */
 #define ERPY_EI_MAX ((size_t)INT_MAX)
 
@@ -143,73 +149,34 @@ enum {
 #define ERPY_EI_INTEGER_MIN (-(1LL << 27))
 #define ERPY_EI_INTEGER_MAX ((1LL << 27) - 1)
 
-/* ---------------------------------------------------------------- buffers */
+/* ------------------------------------------------------------ C stack */
 
-/* One parked buffer for the next large encode.  term_to_binary encodes into
- * a fresh buffer and copies the result out.  For a large term, a new block
- * each time costs ~20% of encoding a 64 KiB binary (measured): it is
- * allocated right before the result, and the two copies then run at nearly
- * the same offset within a page, which stalls the CPU's loads behind its
- * stores (4K aliasing).  So a freed buffer of 4 KiB to 1 MiB is parked here
- * (its capacity in its first bytes) and taken by the next buffer that grows
- * past 4 KiB; small encodes never touch it.  Lock-free: buffers are freed
- * with or without the GIL. */
-#define ERPY_SPARE_MIN ((size_t)4096)
-#define ERPY_SPARE_MAX ((size_t)1 << 20)
-static _Atomic(char *) erpy_spare;
+__thread uintptr_t erpy_stack_limit;
 
-int
-erpy_buf_reserve_nogil(erpy_buf *b, size_t extra)
+void
+erpy_stack_init(void)
 {
-    if (extra <= b->cap - b->len)
-        return 0;
-    size_t need = b->len + extra;
-    if (need < b->len)
-        return -1;
-    if (need > ERPY_SPARE_MIN && need <= ERPY_SPARE_MAX &&
-        atomic_load_explicit(&erpy_spare, memory_order_relaxed) != NULL) {
-        char *spare = atomic_exchange(&erpy_spare, NULL);
-        if (spare != NULL) {
-            size_t spare_cap;
-            memcpy(&spare_cap, spare, sizeof spare_cap);
-            if (spare_cap >= need) {
-                if (b->len > 0)
-                    memcpy(spare, b->data, b->len);
-                free(b->data);
-                b->data = spare;
-                b->cap = spare_cap;
-                return 0;
-            }
-            free(spare);
-        }
+    /* Keep a quarter of the stack, at most 256 KiB, for what runs on top of
+     * the deepest level (Python allocations, sanitizer runtimes). */
+    pthread_attr_t a;
+    void *lo = NULL;
+    size_t size = 0;
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    if (pthread_getattr_np(pthread_self(), &a) == 0) {
+        pthread_attr_getstack(&a, &lo, &size);
+        pthread_attr_destroy(&a);
     }
-    /* Doubling, except that one large item (a big binary into a fresh
-     * buffer) gets just its size: twice that crosses glibc's mmap threshold
-     * (128 KiB) for a 64 KiB binary, and such a block, mmap'd or trimmed off
-     * the top of the heap when freed, comes back from the kernel with page
-     * faults on every call (measured: two brk calls per term_to_binary, and
-     * up to 25x slower). */
-    size_t cap = b->cap ? b->cap : 64;
-    if (need > cap * 2 && cap <= SIZE_MAX / 2) {
-        cap = need;
+    if (lo == NULL || size == 0 || here < (uintptr_t)lo || here > (uintptr_t)lo + size) {
+        erpy_stack_limit = 1;   /* unknown: rely on the depth cap alone */
+        return;
     }
-    else {
-        while (cap < need) {
-            if (cap > SIZE_MAX / 2) {
-                cap = need;
-                break;
-            }
-            cap *= 2;
-        }
-    }
-    char *d = realloc(b->data, cap);
-    if (d == NULL)
-        return -1;
-    b->data = d;
-    b->cap = cap;
-    return 0;
+    size_t margin = size / 4 < (256u << 10) ? size / 4 : (256u << 10);
+    erpy_stack_limit = (uintptr_t)lo + margin;
 }
 
+/* ---------------------------------------------------------------- buffers */
+
+/* erpy_buf_reserve: erpy_buf_reserve_nogil (buf.c) with MemoryError. */
 int
 erpy_buf_reserve(erpy_buf *b, size_t extra)
 {
@@ -218,20 +185,6 @@ erpy_buf_reserve(erpy_buf *b, size_t extra)
         return -1;
     }
     return 0;
-}
-
-void
-erpy_buf_free(erpy_buf *b)
-{
-    if (b->cap >= ERPY_SPARE_MIN && b->cap <= ERPY_SPARE_MAX) {
-        memcpy(b->data, &b->cap, sizeof b->cap);
-        free(atomic_exchange(&erpy_spare, b->data));
-    }
-    else {
-        free(b->data);
-    }
-    b->data = NULL;
-    b->len = b->cap = 0;
 }
 
 /* Room for n more bytes: the inline check of every encoded item.

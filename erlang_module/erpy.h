@@ -1,9 +1,15 @@
 /* Internal interface between the C files of the extension.
  *
  *   codec.c      Python object <-> external term format (ei + bounds checks)
- *   transport.c  frames, worker pool, leader/followers reading, waiting
+ *   buf.c        the growable byte buffer (buf.h; no Python)
+ *   transport.h  the helper's channel, worker pool and waiting (no GIL):
+ *                frame.c pool.c output.c wait.c outq.c async.c helper.c,
+ *                sharing transport_int.h
  *   spawn.c      starting the helper process, its stderr, reaping
  *   module.c     the Python module `erlang._erlang`: glue and entry points
+ *
+ * erpy_helper is one helper process and its channel (pipes, reader state,
+ * threads).
  *
  * Conventions: every internal symbol starts with erpy_ (ei_ is libei's).
  * Functions returning int return 0 on success, -1 with a Python exception set
@@ -19,42 +25,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "be.h"
+#include "buf.h"
+#include "debug.h"
 #include "protocol.h"
-
-/* Big-endian 32-bit fields: frame headers and ETF lengths. */
-static inline void
-erpy_put_be32(void *p, uint32_t v)
-{
-    unsigned char *u = p;
-    u[0] = (unsigned char)(v >> 24);
-    u[1] = (unsigned char)(v >> 16);
-    u[2] = (unsigned char)(v >> 8);
-    u[3] = (unsigned char)v;
-}
-
-static inline uint32_t
-erpy_get_be32(const void *p)
-{
-    const unsigned char *u = p;
-    return ((uint32_t)u[0] << 24) | ((uint32_t)u[1] << 16) | ((uint32_t)u[2] << 8) | u[3];
-}
 
 /* ---------------------------------------------------------------- buffers */
 
-/* A growable byte buffer.  Owned by whoever embeds it; free with
- * erpy_buf_free.  Never shrinks on its own. */
-typedef struct {
-    char *data;
-    size_t len;
-    size_t cap;
-} erpy_buf;
-
-/* Makes room for `extra` more bytes after len.  Returns 0, or -1 when out of
- * memory (no Python exception: callable without the GIL). */
-int erpy_buf_reserve_nogil(erpy_buf *b, size_t extra);
-/* Same, with MemoryError set on failure (GIL held). */
+/* erpy_buf_reserve_nogil with MemoryError set on failure (GIL held; codec.c). */
 int erpy_buf_reserve(erpy_buf *b, size_t extra);
-void erpy_buf_free(erpy_buf *b);
 
 /* ------------------------------------------------------------------ codec */
 

@@ -2,7 +2,7 @@
  *
  * Multi-phase init; the codec's references to the Python classes of the type
  * table live in the module state (set once by erlang/__init__.py through
- * _init_types).  The transport (transport.c) is process-global C state, not
+ * _init_types).  The transport (transport.h) is process-global C state, not
  * module state, because pthread key destructors and fork handlers reach it
  * from places where no module object is at hand.
  */
@@ -15,29 +15,6 @@
 #include "transport.h"
 
 #include <pthread.h>
-
-__thread uintptr_t erpy_stack_limit;
-
-void
-erpy_stack_init(void)
-{
-    /* Keep a quarter of the stack, at most 256 KiB, for what runs on top of
-     * the deepest level (Python allocations, sanitizer runtimes). */
-    pthread_attr_t a;
-    void *lo = NULL;
-    size_t size = 0;
-    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
-    if (pthread_getattr_np(pthread_self(), &a) == 0) {
-        pthread_attr_getstack(&a, &lo, &size);
-        pthread_attr_destroy(&a);
-    }
-    if (lo == NULL || size == 0 || here < (uintptr_t)lo || here > (uintptr_t)lo + size) {
-        erpy_stack_limit = 1;   /* unknown: rely on the depth cap alone */
-        return;
-    }
-    size_t margin = size / 4 < (256u << 10) ? size / 4 : (256u << 10);
-    erpy_stack_limit = (uintptr_t)lo + margin;
-}
 
 typedef struct {
     erpy_codec codec;
@@ -127,7 +104,7 @@ m_term_to_binary(PyObject *module, PyObject *obj)
     b->len = 0;
     if (erpy_buf_reserve(b, 64) < 0)
         goto done;
-    b->data[b->len++] = (char)131;
+    b->data[b->len++] = (char)ERPY_ETF_VERSION;
     if (erpy_encode(&st->codec, NULL, b, obj) < 0)
         goto done;
     res = PyBytes_FromStringAndSize(b->data, (Py_ssize_t)b->len);
@@ -197,7 +174,7 @@ m_binary_to_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     PyObject *res = NULL;
     const char *p = view.buf;
     size_t len = (size_t)view.len, idx = 0;
-    if (len < 1 || (unsigned char)p[0] != 131) {
+    if (len < 1 || (unsigned char)p[0] != ERPY_ETF_VERSION) {
         PyErr_SetString(PyExc_ValueError,
                         "malformed term: does not start with version byte 131");
         goto done;
@@ -238,11 +215,11 @@ m_init_runtime(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Sets HelperExited for a dead (or never started) bridge.  `starting`: it
+/* Sets HelperExited for a dead (or never started) helper.  `starting`: it
  * died before answering, so the message gives all it wrote, not the end
  * only.  Returns NULL. */
 static PyObject *
-raise_exited_full(module_state *st, erpy_bridge *b, const char *why, int starting)
+raise_exited_full(module_state *st, erpy_helper *b, const char *why, int starting)
 {
     char *text = NULL;
     size_t n = 0;
@@ -250,7 +227,7 @@ raise_exited_full(module_state *st, erpy_bridge *b, const char *why, int startin
     if (b != NULL) {
         text = malloc(ERPY_ERR_TEXT_MAX);
         if (text != NULL)
-            n = erpy_bridge_stderr_text(b, text, ERPY_ERR_TEXT_MAX);
+            n = erpy_helper_stderr_text(b, text, ERPY_ERR_TEXT_MAX);
         status = b->exit_status;
         if (why == NULL && b->why[0])
             why = b->why;
@@ -266,34 +243,36 @@ raise_exited_full(module_state *st, erpy_bridge *b, const char *why, int startin
 }
 
 static PyObject *
-raise_exited(module_state *st, erpy_bridge *b, const char *why)
+raise_exited(module_state *st, erpy_helper *b, const char *why)
 {
     return raise_exited_full(st, b, why, 0);
 }
 
-/* Bridges are reference-counted with the GIL held: the current-bridge slot
+/* Helpers are reference-counted with the GIL held: the current-helper slot
  * holds one reference, and every call in flight (and every stop) another,
- * so a bridge is freed only when it is closed and nobody uses it. */
+ * so a helper is freed only when it is closed and nobody uses it. */
 static void
-bridge_unref(erpy_bridge *b)
+helper_unref(erpy_helper *b)
 {
+    ERPY_ASSERT(PyGILState_Check());
     if (--b->refs == 0 && b->closed)
-        erpy_bridge_free(b);
+        erpy_helper_free(b);
 }
 
 /* Stops b, releasing the GIL meanwhile.  The caller may still use b after
  * this only if it holds a reference of its own. */
 static void
-stop_bridge(erpy_bridge *b, int timeout_ms)
+stop_helper(erpy_helper *b, int timeout_ms)
 {
     int was_current;
+    ERPY_ASSERT(PyGILState_Check());
     b->refs++;
     Py_BEGIN_ALLOW_THREADS
-    was_current = erpy_bridge_stop(b, timeout_ms);
+    was_current = erpy_helper_stop(b, timeout_ms);
     Py_END_ALLOW_THREADS
     if (was_current)
-        bridge_unref(b);
-    bridge_unref(b);
+        helper_unref(b);
+    helper_unref(b);
 }
 
 /* Timeouts longer than this (about 31 years) count as none: a deadline in
@@ -355,19 +334,20 @@ call_limit_of(module_state *st, PyObject *timeout, call_limit *lim)
     return 0;
 }
 
-enum { T_ZERO, T_NO_REPLY, T_STARTING, T_UNSENT };
+/* Why a call timed out (TMO_: not the codec's ETF tags). */
+enum { TMO_ZERO, TMO_NO_REPLY, TMO_STARTING, TMO_WRITE_BUSY };
 
 /* Raises CallTimeout, naming the limit that elapsed.  Returns NULL. */
 static PyObject *
 raise_timeout(module_state *st, const call_limit *lim, int why)
 {
     static const char *const fmt[] = {
-        [T_ZERO] = "%s=%g s leaves no time for a reply: the call was not sent",
-        [T_NO_REPLY] = "no reply within %s=%g s",
-        [T_STARTING] = "%s=%g s passed while another thread was still starting the "
+        [TMO_ZERO] = "%s=%g s leaves no time for a reply: the call was not sent",
+        [TMO_NO_REPLY] = "no reply within %s=%g s",
+        [TMO_STARTING] = "%s=%g s passed while another thread was still starting the "
                        "helper (its modules or on_start had not finished): "
                        "the call was not sent",
-        [T_UNSENT] = "%s=%g s passed while another call was still writing a large "
+        [TMO_WRITE_BUSY] = "%s=%g s passed while another call was still writing a large "
                      "request to the helper: the call was not sent",
     };
     char msg[240];
@@ -378,12 +358,13 @@ raise_timeout(module_state *st, const call_limit *lim, int why)
 
 /* Starts the default helper through Python when there is none.  A thread
  * that finds another one starting it waits for that until the call's
- * deadline (0: none).  Returns the live bridge with a reference the caller
- * drops with bridge_unref, or NULL with an exception set. */
-static erpy_bridge *
-live_bridge(module_state *st, const call_limit *lim)
+ * deadline (0: none).  Returns the live helper with a reference the caller
+ * drops with helper_unref, or NULL with an exception set. */
+static erpy_helper *
+live_helper(module_state *st, const call_limit *lim)
 {
-    erpy_bridge *b = erpy_bridge_current();
+    ERPY_ASSERT(PyGILState_Check() && !PyErr_Occurred());
+    erpy_helper *b = erpy_helper_current();
     /* Until start-up (modules, on_start) is over, only the starting thread
      * may call; the others wait for it in autostart. */
     if (b != NULL && !b->dead && (b->ready || st->starter == PyThread_get_thread_ident())) {
@@ -405,8 +386,8 @@ live_bridge(module_state *st, const call_limit *lim)
     int started = PyObject_IsTrue(r);
     Py_DECREF(r);
     if (started <= 0)
-        return started < 0 ? NULL : (erpy_bridge *)raise_timeout(st, lim, T_STARTING);
-    b = erpy_bridge_current();
+        return started < 0 ? NULL : (erpy_helper *)raise_timeout(st, lim, TMO_STARTING);
+    b = erpy_helper_current();
     if (b == NULL || b->dead || !(b->ready || st->starter == PyThread_get_thread_ident())) {
         raise_exited(st, b, "the helper is not running");
         return NULL;
@@ -416,12 +397,12 @@ live_bridge(module_state *st, const call_limit *lim)
 }
 
 /* Sends CANCEL for (w, seq) so the helper kills the handler still running
- * it; never blocks (transport.c queues it behind a write in progress). */
+ * it; never blocks (outq.c queues it behind a write in progress). */
 static void
-send_cancel(erpy_bridge *b, erpy_worker *w, uint32_t seq)
+send_cancel(erpy_helper *b, erpy_worker *w, uint32_t seq)
 {
     Py_BEGIN_ALLOW_THREADS
-    erpy_bridge_cancel(b, w->id, seq);
+    erpy_helper_cancel(b, w->id, seq);
     Py_END_ALLOW_THREADS
 }
 
@@ -430,7 +411,7 @@ send_cancel(erpy_bridge *b, erpy_worker *w, uint32_t seq)
 static PyObject *
 decode_payload(module_state *st, const char *p, size_t len)
 {
-    if (len < 1 || (unsigned char)p[0] != 131) {
+    if (len < 1 || (unsigned char)p[0] != ERPY_ETF_VERSION) {
         PyErr_SetString(PyExc_ValueError, "malformed reply from the helper: no version byte");
         return NULL;
     }
@@ -525,7 +506,7 @@ begin_frame_in(erpy_buf *out, int kind)
         return -1;
     out->data[4] = (char)kind;
     out->len = 4 + ERPY_HEADER_SIZE;
-    out->data[out->len++] = (char)131;
+    out->data[out->len++] = (char)ERPY_ETF_VERSION;
     return 0;
 }
 
@@ -539,11 +520,11 @@ begin_frame(erpy_worker *w, int kind)
  * (0: none; zero: raise at once, sending nothing).  Returns the decoded
  * result (new reference) or NULL with an exception set. */
 static PyObject *
-roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *lim)
+roundtrip(module_state *st, erpy_helper *b, erpy_worker *w, const call_limit *lim)
 {
     uint64_t deadline = lim->deadline;
     if (lim->zero)
-        return raise_timeout(st, lim, T_ZERO);
+        return raise_timeout(st, lim, TMO_ZERO);
     uint32_t seq = ++w->seq;
     if (seq == 0)
         seq = ++w->seq;
@@ -561,11 +542,11 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *li
         Py_BEGIN_ALLOW_THREADS
         r = erpy_call(b, w, seq, w->out.data, w->out.len, deadline, slice, &f);
         Py_END_ALLOW_THREADS
-        if (r != ERPY_W_UNSENT)
+        if (r != ERPY_W_WRITE_BUSY)
             break;
         /* Another call's write held the channel: nothing was sent. */
         if (deadline && erpy_now_ns() >= deadline)
-            return raise_timeout(st, lim, T_UNSENT);
+            return raise_timeout(st, lim, TMO_WRITE_BUSY);
         if (PyErr_CheckSignals() < 0)
             return NULL;
     }
@@ -578,7 +559,7 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *li
                 show_output(st, x);
             erpy_frames_free(f);
             break;
-        case ERPY_W_NOT_SENT:
+        case ERPY_W_DEAD_BEFORE_SEND:
             return raise_exited(st, b, NULL);
         case ERPY_W_DEAD:
             erpy_wait_abandon(b, w);
@@ -586,7 +567,7 @@ roundtrip(module_state *st, erpy_bridge *b, erpy_worker *w, const call_limit *li
         case ERPY_W_TIMEOUT:
             erpy_wait_abandon(b, w);
             send_cancel(b, w, seq);
-            return raise_timeout(st, lim, T_NO_REPLY);
+            return raise_timeout(st, lim, TMO_NO_REPLY);
         default:
             if (PyErr_CheckSignals() < 0) {
                 erpy_wait_abandon(b, w);
@@ -629,7 +610,7 @@ encode_call(module_state *st, erpy_buf *out, PyObject *const *args, Py_ssize_t n
 {
     if (erpy_buf_reserve(out, 8) < 0)
         return -1;
-    out->data[out->len++] = 104;  /* SMALL_TUPLE_EXT */
+    out->data[out->len++] = ERPY_ETF_SMALL_TUPLE;
     out->data[out->len++] = 2;
     if (encode_name(st, out, args[0]) < 0)
         return -1;
@@ -638,7 +619,7 @@ encode_call(module_state *st, erpy_buf *out, PyObject *const *args, Py_ssize_t n
         if (erpy_buf_reserve(out, 5) < 0)
             return -1;
         char *d = out->data + out->len;
-        d[0] = 108;  /* LIST_EXT */
+        d[0] = ERPY_ETF_LIST;
         erpy_put_be32(d + 1, (uint32_t)n);
         out->len += 5;
         for (Py_ssize_t i = 1; i < nargs; i++)
@@ -647,7 +628,7 @@ encode_call(module_state *st, erpy_buf *out, PyObject *const *args, Py_ssize_t n
     }
     if (erpy_buf_reserve(out, 1) < 0)
         return -1;
-    out->data[out->len++] = 106;  /* NIL_EXT */
+    out->data[out->len++] = ERPY_ETF_NIL;
     return 0;
 }
 
@@ -702,7 +683,7 @@ parse_timeout_kw(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     return 0;
 }
 
-static PyObject *call_impl(module_state *st, erpy_bridge *b, erpy_worker *w,
+static PyObject *call_impl(module_state *st, erpy_helper *b, erpy_worker *w,
                            PyObject *const *args, Py_ssize_t nargs, const call_limit *lim);
 
 /* call(name, *args, timeout=None) */
@@ -721,20 +702,20 @@ m_call(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwn
         call_limit_of(st, timeout, &lim) < 0)
         return NULL;
     /* Before the worker is taken: starting may run on_start, which calls. */
-    erpy_bridge *b = live_bridge(st, &lim);
+    erpy_helper *b = live_helper(st, &lim);
     if (b == NULL)
         return NULL;
     PyObject *res = NULL;
     erpy_worker *w = my_worker();
     if (w != NULL)
         res = release_worker(w, call_impl(st, b, w, args, nargs, &lim));
-    bridge_unref(b);
+    helper_unref(b);
     return res;
 }
 
 /* Encodes {Name, Args} and makes the round trip. */
 static PyObject *
-call_impl(module_state *st, erpy_bridge *b, erpy_worker *w, PyObject *const *args,
+call_impl(module_state *st, erpy_helper *b, erpy_worker *w, PyObject *const *args,
           Py_ssize_t nargs, const call_limit *lim)
 {
     if (begin_frame(w, ERPY_K_CALL) < 0 || encode_call(st, &w->out, args, nargs) < 0)
@@ -758,7 +739,7 @@ m_request(PyObject *module, PyObject *args)
     call_limit lim;
     if (call_limit_of(st, timeout, &lim) < 0)
         return NULL;
-    erpy_bridge *b = live_bridge(st, &lim);
+    erpy_helper *b = live_helper(st, &lim);
     if (b == NULL)
         return NULL;
     PyObject *res = NULL;
@@ -769,7 +750,7 @@ m_request(PyObject *module, PyObject *args)
         else
             res = release_worker(w, roundtrip(st, b, w, &lim));
     }
-    bridge_unref(b);
+    helper_unref(b);
     return res;
 }
 
@@ -797,16 +778,17 @@ static erpy_buf abuf;
 static int abuf_busy;
 
 /* (ctx, ok, value) for a finished call; consumes p's ctx reference and frees
- * p.  `dead` caches the HelperExited of a dead bridge for a batch.  Returns
+ * p.  `dead` caches the HelperExited of a dead helper for a batch.  Returns
  * a new reference or NULL with an exception set (out of memory). */
 static PyObject *
 finished_call(module_state *st, erpy_pending *p, PyObject **dead)
 {
+    ERPY_ASSERT(PyGILState_Check());
     PyObject *value;
     int ok = 0;
     if (p->dead) {
         if (*dead == NULL) {
-            raise_exited(st, p->bridge, NULL);
+            raise_exited(st, p->helper, NULL);
             PyObject *et, *ev, *tb;
             PyErr_Fetch(&et, &ev, &tb);
             PyErr_NormalizeException(&et, &ev, &tb);
@@ -835,7 +817,7 @@ finished_call(module_state *st, erpy_pending *p, PyObject **dead)
         ok = 0;
     }
     PyObject *ctx = p->ctx;
-    bridge_unref(p->bridge);
+    helper_unref(p->helper);
     erpy_pending_free(p);
     if (value == NULL) {
         Py_DECREF(ctx);
@@ -860,7 +842,7 @@ discard_calls(erpy_pending *p)
     while (p) {
         erpy_pending *n = p->dnext;
         Py_DECREF((PyObject *)p->ctx);
-        bridge_unref(p->bridge);
+        helper_unref(p->helper);
         erpy_pending_free(p);
         p = n;
     }
@@ -873,7 +855,7 @@ waker_close(WakerObject *self)
     if (k == NULL)
         return;
     self->k = NULL;
-    erpy_bridge *b = erpy_bridge_current();
+    erpy_helper *b = erpy_helper_current();
     erpy_pending *list = NULL;
     if (b != NULL) {
         Py_BEGIN_ALLOW_THREADS
@@ -1041,7 +1023,7 @@ static PyType_Spec Waker_spec = {
  * k with ctx.  Returns the Seq as an int, None when the outbound queue is
  * full (nothing sent: try again later), or NULL with an exception set. */
 static PyObject *
-submit(module_state *st, erpy_bridge *b, WakerObject *waker, PyObject *ctx, erpy_buf *out)
+submit(module_state *st, erpy_helper *b, WakerObject *waker, PyObject *ctx, erpy_buf *out)
 {
     erpy_put_be32(out->data, (uint32_t)(out->len - 4));
     uint32_t seq = 0;
@@ -1075,7 +1057,7 @@ submit_with(module_state *st, PyObject *waker, PyObject *ctx, int kind, encoder_
     if (waker_open((WakerObject *)waker) < 0)
         return NULL;
     call_limit lim = {0};
-    erpy_bridge *b = live_bridge(st, &lim);
+    erpy_helper *b = live_helper(st, &lim);
     if (b == NULL)
         return NULL;
     erpy_buf local = {0};
@@ -1093,7 +1075,7 @@ submit_with(module_state *st, PyObject *waker, PyObject *ctx, int kind, encoder_
     } else {
         erpy_buf_free(&local);
     }
-    bridge_unref(b);
+    helper_unref(b);
     return res;
 }
 
@@ -1156,7 +1138,7 @@ m_withdraw(PyObject *module, PyObject *arg)
     unsigned long seq = PyLong_AsUnsignedLong(arg);
     if (seq == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
-    erpy_bridge *b = erpy_bridge_current();
+    erpy_helper *b = erpy_helper_current();
     if (b == NULL || seq == 0 || seq > UINT32_MAX)
         Py_RETURN_NONE;
     erpy_pending *p;
@@ -1166,7 +1148,7 @@ m_withdraw(PyObject *module, PyObject *arg)
     if (p == NULL)
         Py_RETURN_NONE;
     PyObject *ctx = p->ctx;
-    bridge_unref(p->bridge);
+    helper_unref(p->helper);
     erpy_pending_free(p);
     return ctx;
 }
@@ -1219,7 +1201,7 @@ error:
     return NULL;
 }
 
-static PyObject *start_handshake(module_state *st, erpy_bridge *b, double timeout);
+static PyObject *start_handshake(module_state *st, erpy_helper *b, double timeout);
 
 /* _start(argv, env, timeout, call_timeout, binaries, elixir=False) -> hello dict
  * elixir: nil decodes to None and None encodes as nil (Elixir's null). */
@@ -1236,13 +1218,13 @@ m_start(PyObject *module, PyObject *args)
     int bb = erpy_parse_binaries_opt(binaries);
     if (bb < 0)
         return NULL;
-    erpy_bridge *old = erpy_bridge_current();
+    erpy_helper *old = erpy_helper_current();
     if (old != NULL && !old->dead) {
         PyErr_SetString(PyExc_RuntimeError, "the helper is already running");
         return NULL;
     }
     if (old != NULL)
-        stop_bridge(old, 0);   /* reap what is left of the dead one */
+        stop_helper(old, 0);   /* reap what is left of the dead one */
     char **argv = to_cstrings(argv_o, "argv must be a sequence");
     if (argv == NULL)
         return NULL;
@@ -1252,9 +1234,9 @@ m_start(PyObject *module, PyObject *args)
         return NULL;
     }
     int err = 0;
-    erpy_bridge *b;
+    erpy_helper *b;
     Py_BEGIN_ALLOW_THREADS
-    b = erpy_bridge_start(argv, envp, &err);
+    b = erpy_helper_start(argv, envp, &err);
     Py_END_ALLOW_THREADS
     free_cstrings(argv);
     free_cstrings(envp);
@@ -1270,14 +1252,14 @@ m_start(PyObject *module, PyObject *args)
     st->eopts.none_as_nil = elixir;
     st->starter = PyThread_get_thread_ident();
     PyObject *hello = start_handshake(st, b, timeout);
-    bridge_unref(b);
+    helper_unref(b);
     return hello;
 }
 
 /* Waits for the HELLO of the just started b.  Returns the decoded hello, or
  * NULL with an exception set after stopping b. */
 static PyObject *
-start_handshake(module_state *st, erpy_bridge *b, double timeout)
+start_handshake(module_state *st, erpy_helper *b, double timeout)
 {
     uint64_t end = timeout > TIMEOUT_MAX_S ? UINT64_MAX
                                            : erpy_now_ns() + (uint64_t)(timeout * 1e9);
@@ -1285,20 +1267,20 @@ start_handshake(module_state *st, erpy_bridge *b, double timeout)
     for (;;) {
         int r;
         Py_BEGIN_ALLOW_THREADS
-        r = erpy_bridge_wait_hello(b, slice);
+        r = erpy_helper_wait_hello(b, slice);
         Py_END_ALLOW_THREADS
         if (r == 1)
             break;
         if (r == 0) {
-            stop_bridge(b, 0);
+            stop_helper(b, 0);
             return raise_exited_full(st, b, "the Erlang helper exited during start-up", 1);
         }
         int interrupted = PyErr_CheckSignals() < 0;
         if (interrupted || erpy_now_ns() >= end) {
             PyObject *et, *ev, *tb;
             PyErr_Fetch(&et, &ev, &tb);
-            erpy_bridge_kill(b);
-            stop_bridge(b, 1000);
+            erpy_helper_kill(b);
+            stop_helper(b, 1000);
             if (interrupted) {
                 PyErr_Restore(et, ev, tb);
                 return NULL;
@@ -1312,7 +1294,7 @@ start_handshake(module_state *st, erpy_bridge *b, double timeout)
     erpy_frame *h = b->hello;
     PyObject *hello = decode_payload(st, h->payload, h->plen);
     if (hello == NULL)
-        stop_bridge(b, 1000);
+        stop_helper(b, 1000);
     return hello;
 }
 
@@ -1325,11 +1307,11 @@ m_stop(PyObject *module, PyObject *arg)
         return NULL;
     if (!(t >= 0))
         t = 0;
-    erpy_bridge *b = erpy_bridge_current();
+    erpy_helper *b = erpy_helper_current();
     if (b == NULL)
         Py_RETURN_FALSE;
     int was_alive = !b->dead;
-    stop_bridge(b, t > 3600 ? 3600000 : (int)(t * 1000));
+    stop_helper(b, t > 3600 ? 3600000 : (int)(t * 1000));
     return PyBool_FromLong(was_alive);
 }
 
@@ -1338,7 +1320,7 @@ static PyObject *
 m_set_ready(PyObject *module, PyObject *unused)
 {
     module_state *st = get_state(module);
-    erpy_bridge *b = erpy_bridge_current();
+    erpy_helper *b = erpy_helper_current();
     if (b != NULL)
         b->ready = 1;
     st->starter = 0;
@@ -1348,7 +1330,7 @@ m_set_ready(PyObject *module, PyObject *unused)
 static PyObject *
 m_is_running(PyObject *module, PyObject *unused)
 {
-    erpy_bridge *b = erpy_bridge_current();
+    erpy_helper *b = erpy_helper_current();
     return PyBool_FromLong(b != NULL && !b->dead);
 }
 
@@ -1356,7 +1338,7 @@ m_is_running(PyObject *module, PyObject *unused)
 static PyObject *
 m_helper_pid(PyObject *module, PyObject *unused)
 {
-    erpy_bridge *b = erpy_bridge_current();
+    erpy_helper *b = erpy_helper_current();
     if (b == NULL || b->dead || b->pid <= 0)
         Py_RETURN_NONE;
     return PyLong_FromLong((long)b->pid);
@@ -1592,6 +1574,33 @@ erpy_exec(PyObject *m)
     if (PyModule_AddObject(m, "Waker", (PyObject *)st->Waker) < 0) {
         Py_DECREF(st->Waker);
         return -1;
+    }
+    /* The protocol's constants (protocol.h), for the Python side. */
+    static const struct { const char *name; long value; } consts[] = {
+        {"PROTOCOL_VERSION", ERPY_PROTOCOL_VERSION},
+        {"HEADER_SIZE", ERPY_HEADER_SIZE},
+        {"ASYNC_WORKER", (long)ERPY_ASYNC_WORKER},
+        {"K_CALL", ERPY_K_CALL},
+        {"K_APPLY", ERPY_K_APPLY},
+        {"K_EVAL", ERPY_K_EVAL},
+        {"K_CANCEL", ERPY_K_CANCEL},
+        {"K_CALL_ASYNC", ERPY_K_CALL_ASYNC},
+        {"K_APPLY_ASYNC", ERPY_K_APPLY_ASYNC},
+        {"K_EVAL_ASYNC", ERPY_K_EVAL_ASYNC},
+        {"K_OK", ERPY_K_OK},
+        {"K_ERROR", ERPY_K_ERROR},
+        {"K_HELLO", ERPY_K_HELLO},
+        {"K_OUTPUT", ERPY_K_OUTPUT},
+        {"K_LOG", ERPY_K_LOG},
+        {"K_CALLBACK", ERPY_K_CALLBACK},
+        {"K_CALLBACK_REPLY", ERPY_K_CALLBACK_REPLY},
+        {"K_SEND", ERPY_K_SEND},
+        {"K_MESSAGE", ERPY_K_MESSAGE},
+        {"K_RAW_STDERR", ERPY_K_RAW_STDERR},
+    };
+    for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {
+        if (PyModule_AddIntConstant(m, consts[i].name, consts[i].value) < 0)
+            return -1;
     }
     return 0;
 }

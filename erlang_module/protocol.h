@@ -12,13 +12,17 @@
  * call counter; a reply whose Seq is not the one its worker waits for is stale
  * and is dropped.
  *
- * Keep in step with erl_side/py_protocol.hrl.
+ * This file is the protocol's one definition: erl_side/py_protocol.hrl
+ * repeats it for the Erlang side, the extension exports it to Python
+ * (erlang._erlang.K_CALL, ...), benchmarks/floor.c includes it, and
+ * tests/test_protocol.py checks that every copy matches.
  */
 #ifndef ERPY_PROTOCOL_H
 #define ERPY_PROTOCOL_H
 
 #define ERPY_PROTOCOL_VERSION 1
-#define ERPY_HEADER_SIZE 9          /* Kind + Worker + Seq */
+#define ERPY_HEADER_SIZE 9          /* Kind:8 + Worker:32 + Seq:32 */
+_Static_assert(ERPY_HEADER_SIZE == 1 + 4 + 4, "the header is Kind, Worker, Seq");
 
 /* Python -> BEAM */
 #define ERPY_K_CALL            1    /* {Name :: binary(), Args :: list()} */
@@ -51,5 +55,13 @@
 #define ERPY_K_CALLBACK_REPLY 33
 #define ERPY_K_SEND           34
 #define ERPY_K_MESSAGE        35
+
+/* The few external-term-format bytes that frames are built from by hand
+ * (the codec checks them against ei.h's ERL_*_EXT). */
+#define ERPY_ETF_VERSION     131    /* first byte of a term_to_binary result */
+#define ERPY_ETF_SMALL_TUPLE 104    /* SMALL_TUPLE_EXT: Arity:8, Elements */
+#define ERPY_ETF_NIL         106    /* NIL_EXT: [] */
+#define ERPY_ETF_LIST        108    /* LIST_EXT: Length:32, Elements, Tail */
+#define ERPY_ETF_BINARY      109    /* BINARY_EXT: Len:32, Data */
 
 #endif

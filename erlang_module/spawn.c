@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "transport.h"
+#include "transport_int.h"
 
 /* Starts argv[0] (a path) with envp; fills the parent's ends of the three
  * pipes (all close-on-exec; from_fd non-blocking).  Returns 0, or an errno
@@ -75,7 +75,7 @@ erpy_spawn(char *const argv[], char *const envp[], pid_t *pid,
     *err_fd = err[0];
     fcntl(*from_fd, F_SETFL, fcntl(*from_fd, F_GETFL) | O_NONBLOCK);
     /* Non-blocking too: a CANCEL can then be tried without waiting for room
-     * in the pipe (transport.c: writes wait in poll()). */
+     * in the pipe (outq.c: writes wait in poll()). */
     fcntl(*to_fd, F_SETFL, fcntl(*to_fd, F_GETFL) | O_NONBLOCK);
     return 0;
 

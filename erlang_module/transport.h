@@ -9,8 +9,11 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
-#include "erpy.h"
+#include "be.h"
+#include "buf.h"
+#include "protocol.h"
 
 /* One frame read from the helper.  body holds the whole frame body (header
  * included); payload/plen point past the 9-byte header. */
@@ -28,7 +31,7 @@ typedef struct erpy_frame {
 /* kind of a queued chunk of the helper's raw stderr (never on the wire) */
 #define ERPY_K_RAW_STDERR 255
 
-struct erpy_bridge;
+struct erpy_helper;
 
 #define ERPY_ERR_HEAD (16 * 1024)
 #define ERPY_ERR_TAIL (8 * 1024)
@@ -43,22 +46,24 @@ typedef struct erpy_worker {
     int busy;                     /* in a call: a nested call (signal handler,
                                      __del__, output writer) is refused */
     erpy_buf out;                 /* reusable encode buffer: frame header + payload */
-    /* Under the owning bridge's lock. */
-    struct erpy_bridge *wait_bridge;
+    /* Under the owning helper's lock. */
+    struct erpy_helper *wait_helper;
     uint32_t wait_seq;            /* 0: not waiting */
     int has_reply;
     erpy_frame *inbox, *inbox_tail;
-    struct erpy_worker *wnext, *wprev;   /* the bridge's waiting list */
+    struct erpy_worker *wnext, *wprev;   /* the helper's waiting list */
     /* Under the pool lock. */
     int in_use;
     struct erpy_worker *free_next;
 } erpy_worker;
 
-typedef struct erpy_bridge {
+typedef struct erpy_helper {
     pid_t pid;                    /* 0 after reaping or in a forked child */
     int to_fd, from_fd, err_fd;
     pthread_mutex_t wlock;        /* serialises writes to to_fd (non-blocking) */
-    pthread_mutex_t lock;         /* everything below unless said otherwise */
+    pthread_mutex_t lock;         /* everything below unless said otherwise (the
+                                     locks, their order and the lock-free reads:
+                                     transport_int.h) */
     pthread_cond_t cond;          /* hello / dead / threads done */
     erpy_worker *leader;          /* who reads from_fd now: a worker, ERPY_BG or NULL */
     erpy_worker *waiting;         /* list of workers waiting for a reply */
@@ -69,7 +74,8 @@ typedef struct erpy_bridge {
     char why[200];                /* why it is dead, when not a plain exit */
     erpy_frame *hello;
     int stopping;
-    int ready;                    /* start-up (modules, on_start) finished */
+    int ready;                    /* start-up (modules, on_start) finished; module.c's,
+                                     only touched with the GIL */
     int closed;                   /* descriptors closed, threads gone: freeable */
     long refs;                    /* module.c's references; only touched with the GIL */
     /* The reader's buffers belong to the current leader (handed over under lock). */
@@ -101,20 +107,20 @@ typedef struct erpy_bridge {
     /* Pending async calls, by Seq: open hash, power-of-two buckets. */
     struct erpy_pending **ptab;
     size_t pcap, n_pending;
-} erpy_bridge;
+} erpy_helper;
 
 #define ERPY_BG ((erpy_worker *)1)
 
 /* --- calls in flight without a thread: the pending-call table
  *
  * An async call (CALL_ASYNC, APPLY_ASYNC, EVAL_ASYNC) is not tied to a
- * thread: it is an erpy_pending in its bridge's table, keyed by its Seq on
+ * thread: it is an erpy_pending in its helper's table, keyed by its Seq on
  * the async channel (worker id erpy_async_worker_id()).  Its reply is
  * routed by that key and handed to the call's *waker*: a queue of finished
  * calls plus a pipe that is written once when the queue becomes non-empty.
  * The waker's owner watches the pipe (a thread in poll, or an event loop's
  * add_reader) and takes the finished calls in batches.  When the helper
- * dies, every pending call of its bridge is finished with dead = 1. */
+ * dies, every pending call of its helper is finished with dead = 1. */
 typedef struct erpy_waker {
     int fd_r, fd_w;               /* both non-blocking, close-on-exec */
     pthread_mutex_t lock;         /* the done queue and `signalled` */
@@ -123,9 +129,9 @@ typedef struct erpy_waker {
 } erpy_waker;
 
 typedef struct erpy_pending {
-    struct erpy_pending *hnext;   /* hash chain (bridge lock) */
+    struct erpy_pending *hnext;   /* hash chain (helper lock) */
     struct erpy_pending *dnext;   /* done queue (waker lock) */
-    struct erpy_bridge *bridge;
+    struct erpy_helper *helper;
     erpy_waker *waker;
     uint32_t seq;
     int dead;                     /* finished because the helper died */
@@ -133,7 +139,7 @@ typedef struct erpy_pending {
     void *ctx;                    /* the caller's (a PyObject *: module.c, GIL) */
 } erpy_pending;
 
-/* A frame waiting in a bridge's outbound queue (partly written when it is
+/* A frame waiting in a helper's outbound queue (partly written when it is
  * the head and off > 0). */
 typedef struct erpy_obuf {
     struct erpy_obuf *next;
@@ -145,7 +151,7 @@ typedef struct erpy_obuf {
 int erpy_spawn(char *const argv[], char *const envp[], pid_t *pid,
                int *to_fd, int *from_fd, int *err_fd);
 
-/* --- transport.c (no GIL anywhere) */
+/* --- the transport (pool.c, helper.c, outq.c, wait.c; no GIL anywhere) */
 
 /* Global set-up (pool key, fork handlers).  Returns 0 or an errno value. */
 int erpy_transport_init(void);
@@ -154,47 +160,47 @@ int erpy_transport_init(void);
  * out of memory, descriptors or ids (errno set). */
 erpy_worker *erpy_worker_get(void);
 
-/* Starts a helper and its threads.  Returns the new bridge (it becomes the
+/* Starts a helper and its threads.  Returns the new helper (it becomes the
  * current one), or NULL with *err set to an errno value. */
-erpy_bridge *erpy_bridge_start(char *const argv[], char *const envp[], int *err);
+erpy_helper *erpy_helper_start(char *const argv[], char *const envp[], int *err);
 
-/* The current bridge, or NULL (valid while the GIL is held: module.c frees
- * bridges only with the GIL, once closed and unreferenced). */
-erpy_bridge *erpy_bridge_current(void);
+/* The current helper, or NULL (valid while the GIL is held: module.c frees
+ * helpers only with the GIL, once closed and unreferenced). */
+erpy_helper *erpy_helper_current(void);
 
 /* Waits until the helper's HELLO arrived (1), it died (0), or timeout_ms
  * elapsed / slice ended (-1).  Never longer than slice_ms. */
-int erpy_bridge_wait_hello(erpy_bridge *b, int slice_ms);
+int erpy_helper_wait_hello(erpy_helper *b, int slice_ms);
 
 /* Closes the helper's stdin; the helper halts.  Waits up to timeout_ms for it
  * to exit, then kills it.  Returns when dead: 1 if this call made b stop
- * being the current bridge, else 0. */
-int erpy_bridge_stop(erpy_bridge *b, int timeout_ms);
+ * being the current helper, else 0. */
+int erpy_helper_stop(erpy_helper *b, int timeout_ms);
 
-/* Frees a bridge that erpy_bridge_stop closed and nobody references. */
-void erpy_bridge_free(erpy_bridge *b);
+/* Frees a helper that erpy_helper_stop closed and nobody references. */
+void erpy_helper_free(erpy_helper *b);
 
 /* Kills the helper (SIGKILL) without waiting. */
-void erpy_bridge_kill(erpy_bridge *b);
+void erpy_helper_kill(erpy_helper *b);
 
 /* Copies what the helper wrote to stderr into dst (NUL-terminated): all of
  * it when it fits in ERPY_ERR_HEAD + ERPY_ERR_TAIL bytes, else its head, a
  * line saying how much was left out, and its tail.  cap must be at least
  * ERPY_ERR_TEXT_MAX.  Returns the length. */
 #define ERPY_ERR_TEXT_MAX (ERPY_ERR_HEAD + ERPY_ERR_TAIL + 128)
-size_t erpy_bridge_stderr_text(erpy_bridge *b, char *dst, size_t cap);
+size_t erpy_helper_stderr_text(erpy_helper *b, char *dst, size_t cap);
 
 /* Writes buf (a complete frame) to the helper, if the write lock can be had
  * before until_ns (CLOCK_MONOTONIC; UINT64_MAX: no limit).  A frame once
  * begun is always finished.  Returns 0, ETIMEDOUT (nothing written) or an
  * errno value (EPIPE when the helper is gone). */
-int erpy_bridge_write(erpy_bridge *b, const char *buf, size_t len, uint64_t until_ns);
+int erpy_helper_write(erpy_helper *b, const char *buf, size_t len, uint64_t until_ns);
 
 /* Sends CANCEL for (worker, seq) without ever blocking: when the write lock
  * is taken, or the pipe is full, the frame waits for the next writer. */
-void erpy_bridge_cancel(erpy_bridge *b, uint32_t worker, uint32_t seq);
+void erpy_helper_cancel(erpy_helper *b, uint32_t worker, uint32_t seq);
 
-/* --- async calls (transport.c; no GIL) */
+/* --- async calls (async.c; no GIL) */
 
 /* The worker id of the async channel (a pool id of its own, >= 1). */
 uint32_t erpy_async_worker_id(void);
@@ -217,17 +223,17 @@ int erpy_waker_wait(erpy_waker *k, int timeout_ms);
  * Returns 0 with *seq and *pending set, EPIPE when b is dead (nothing
  * sent), EAGAIN when the outbound queue is full (nothing sent: wait for
  * room), or ENOMEM. */
-int erpy_async_submit(erpy_bridge *b, erpy_waker *k, void *ctx, char *buf, size_t len,
+int erpy_async_submit(erpy_helper *b, erpy_waker *k, void *ctx, char *buf, size_t len,
                       uint32_t *seq);
 
 /* Withdraws the pending call seq of b: removed from the table (its late
  * reply will be dropped) and a CANCEL queued.  Returns the call (the caller
  * frees it with erpy_pending_free) or NULL when it is no longer pending. */
-erpy_pending *erpy_async_withdraw(erpy_bridge *b, uint32_t seq);
+erpy_pending *erpy_async_withdraw(erpy_helper *b, uint32_t seq);
 
 /* Withdraws every pending call of waker k in b (the waker's owner is going
  * away).  Returns them as a dnext list. */
-erpy_pending *erpy_async_withdraw_all(erpy_bridge *b, erpy_waker *k);
+erpy_pending *erpy_async_withdraw_all(erpy_helper *b, erpy_waker *k);
 
 void erpy_pending_free(erpy_pending *p);
 
@@ -238,8 +244,8 @@ enum {
     ERPY_W_DEAD,          /* the helper died; deregistered */
     ERPY_W_TIMEOUT,       /* deadline passed; deregistered, late replies will be dropped */
     ERPY_W_SLICE,         /* slice_ms passed (or EINTR): check signals, then erpy_wait again */
-    ERPY_W_NOT_SENT,      /* b was already dead: nothing written, not registered */
-    ERPY_W_UNSENT,        /* another call's write held the channel past the deadline or
+    ERPY_W_DEAD_BEFORE_SEND,      /* b was already dead: nothing written, not registered */
+    ERPY_W_WRITE_BUSY,        /* another call's write held the channel past the deadline or
                            * slice: nothing written, deregistered; check signals, retry */
 };
 
@@ -247,16 +253,16 @@ enum {
  * included), and waits as erpy_wait does.  deadline_ns: CLOCK_MONOTONIC, 0
  * for none.  Returns after at most about slice_ms (< 0: no slice; a wait
  * without deadline then sleeps until something happens). */
-int erpy_call(erpy_bridge *b, erpy_worker *w, uint32_t seq, const char *buf, size_t len,
+int erpy_call(erpy_helper *b, erpy_worker *w, uint32_t seq, const char *buf, size_t len,
               uint64_t deadline_ns, int slice_ms, erpy_frame **frames);
 
 /* Waits more for w's current call (after ERPY_W_OUTPUT or ERPY_W_SLICE).
  * The caller frees *frames with erpy_frames_free. */
-int erpy_wait(erpy_bridge *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms,
+int erpy_wait(erpy_helper *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms,
               erpy_frame **frames);
 
 /* Abandons w's current call (deregisters; drops whatever arrived). */
-void erpy_wait_abandon(erpy_bridge *b, erpy_worker *w);
+void erpy_wait_abandon(erpy_helper *b, erpy_worker *w);
 void erpy_frames_free(erpy_frame *f);
 
 /* Output queue (helper output not tied to a waiting call, and raw stderr).
@@ -265,7 +271,14 @@ erpy_frame *erpy_output_next(int timeout_ms);
 /* Wakes erpy_output_next waiters (for shutdown). */
 void erpy_output_wake(void);
 
-uint64_t erpy_now_ns(void);
+/* CLOCK_MONOTONIC in nanoseconds. */
+static inline uint64_t
+erpy_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
 
 /* How many times the background thread found waiting threads without a
  * leader for 50 ms and promoted one (a safety net; 0 unless there is a bug). */

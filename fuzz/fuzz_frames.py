@@ -1,4 +1,4 @@
-"""Fuzz target: the reader's frame splitting (transport.c, through the
+"""Fuzz target: the reader's frame splitting (frame.c, through the
 test-only entry point erlang._erlang._parse_frames), and the decoding of
 every payload it returns.
 
@@ -21,8 +21,9 @@ with atheris.instrument_imports():
     import erlang
     from erlang import _erlang
 
-OK, ERROR, HELLO, OUTPUT, LOG = 16, 17, 18, 19, 20
-ASYNC_WORKER = 0xFFFFFFFF      # the channel of async calls
+OK, ERROR, HELLO, OUTPUT, LOG = (_erlang.K_OK, _erlang.K_ERROR, _erlang.K_HELLO, _erlang.K_OUTPUT,
+                               _erlang.K_LOG)
+ASYNC_WORKER = _erlang.ASYNC_WORKER      # the channel of async calls
 N_WORKERS = 4
 
 

@@ -7,6 +7,9 @@ import os
 import sys
 
 import erlang
+from erlang import _erlang
+
+OK, ERROR, HELLO, OUTPUT = _erlang.K_OK, _erlang.K_ERROR, _erlang.K_HELLO, _erlang.K_OUTPUT
 
 PY_VALUES = [
     None, True, False, 0, 1, -1, 255, 256, -(1 << 31), 1 << 31, 1 << 64, -(1 << 200), 1.5, -0.0,
@@ -52,18 +55,19 @@ def main(codec_dir, frames_dir):
         write(codec_dir, t)
     hello = erlang.term_to_binary({erlang.Atom("protocol"): 1, erlang.Atom("os_pid"): 123})
     output = erlang.term_to_binary((erlang.Atom("stdout"), b"hello\n"))
-    write(frames_dir, frame(18, 0, 0, hello))
-    write(frames_dir, frame(19, 0, 0, output))
+    write(frames_dir, frame(HELLO, 0, 0, hello))
+    write(frames_dir, frame(OUTPUT, 0, 0, output))
     log = erlang.term_to_binary({erlang.Atom("level"): erlang.Atom("warning"), erlang.Atom("msg"): "x",
                                  erlang.Atom("meta"): {}})
-    write(frames_dir, frame(20, 0, 0, log))
+    write(frames_dir, frame(_erlang.K_LOG, 0, 0, log))
     # The async channel: replies by Seq, output, and a cut frame.
-    write(frames_dir, frame(16, 0xFFFFFFFF, 5, output) + frame(19, 0xFFFFFFFF, 5, output)
-          + frame(17, 0xFFFFFFFF, 6, output)[:-1])
+    aw = _erlang.ASYNC_WORKER
+    write(frames_dir, frame(OK, aw, 5, output) + frame(OUTPUT, aw, 5, output)
+          + frame(ERROR, aw, 6, output)[:-1])
     for i, t in enumerate(terms):
-        stream = frame(16, 1 + i % 4, i + 1, t) + frame(19, 1 + i % 4, i + 1, output)
-        stream += frame(17, 2, 7, erlang.term_to_binary((erlang.Atom("error"), "x", [])))
-        write(frames_dir, stream + frame(16, 3, 9, t)[:-2])       # and a cut last frame
+        stream = frame(OK, 1 + i % 4, i + 1, t) + frame(OUTPUT, 1 + i % 4, i + 1, output)
+        stream += frame(ERROR, 2, 7, erlang.term_to_binary((erlang.Atom("error"), "x", [])))
+        write(frames_dir, stream + frame(OK, 3, 9, t)[:-2])       # and a cut last frame
 
 
 if __name__ == "__main__":
