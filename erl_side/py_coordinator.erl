@@ -250,7 +250,7 @@ loop(State = #state{port = Port, parent = Parent}) ->
 
 frame(Kind, Worker, Seq, Frame, State = #state{calls = Calls, monitors = Monitors})
   when Kind >= ?K_CALL_ASYNC, Kind =< ?K_EVAL_ASYNC ->
-    {Pid, Monitor} = py_handler:start_call(State#state.port, Frame),
+    {Pid, Monitor} = py_handler:start_call(Frame),
     State#state{calls = Calls#{{Worker, Seq} => {Pid, Monitor}},
                 monitors = Monitors#{Monitor => {Worker, Seq}}};
 frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{calls = Calls})
@@ -292,15 +292,19 @@ frame(_Kind, Worker, Seq, Frame, State = #state{workers = Workers}) ->
 %% call it was running will never be answered by it, so answer it here.
 handler_down(Monitor, _Pid, Reason, State = #state{monitors = Monitors})
   when is_map_key(Monitor, Monitors) ->
-    %% An async call's process: normal when it has written its reply, else
-    %% killed or taken down by a link before it could.
-    case Reason of
-        normal ->
-            ok;
-        _ ->
-            {Worker, Seq} = maps:get(Monitor, Monitors),
+    %% An async call's process: it exits with its reply (see
+    %% py_handler:start_call/1), else it was killed or taken down by a link
+    %% before it could reply.
+    Key = maps:get(Monitor, Monitors),
+    case {Reason, Key} of
+        {{'$py_reply', [<<Kind, Worker:32, Seq:32>>, Body] = Reply}, {Worker, Seq}}
+          when is_binary(Body), (Kind =:= ?K_OK orelse Kind =:= ?K_ERROR) ->
+            %% (Matched against the call's own key: an exit signal sent to
+            %% the process from elsewhere cannot make this write a frame.)
+            true = port_command(State#state.port, Reply);
+        {_, {W, S}} ->
             Error = term_to_binary({exit, Reason, []}),
-            true = port_command(State#state.port, [<<?K_ERROR, Worker:32, Seq:32>>, Error])
+            true = port_command(State#state.port, [<<?K_ERROR, W:32, S:32>>, Error])
     end,
     forget_call(Monitor, State);
 handler_down(Monitor, Pid, Reason, State = #state{handlers = Handlers, workers = Workers}) ->

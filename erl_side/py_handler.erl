@@ -22,7 +22,7 @@
 
 %% API.
 -export([start_monitor/1]).
--export([start_call/2]).
+-export([start_call/1]).
 
 %% Internal.
 -export([init/1]).
@@ -41,9 +41,18 @@ start_monitor(Port) ->
 %% in Frame (CALL_ASYNC, APPLY_ASYNC or EVAL_ASYNC), writes its reply and
 %% exits.  A process per call: many calls of one worker run at once, and a
 %% CANCEL kills exactly the call it names.
--spec start_call(port(), binary()) -> {pid(), reference()}.
-start_call(Port, Frame) ->
-    spawn_monitor(fun() -> handle(Frame, Port) end).
+%%
+%% The process does not write its reply: it exits with it, as
+%% {'$py_reply', IoData}, and the coordinator writes it when the 'DOWN'
+%% arrives.  That 'DOWN' is needed anyway (to forget the call, or to report
+%% a death), so a reply costs one message between schedulers instead of
+%% two (a port write from another scheduler, then the 'DOWN').  Links the
+%% call made are removed first: a linked process must not receive that
+%% exit reason (it would die of it), just as it would not notice a normal
+%% exit.
+-spec start_call(binary()) -> {pid(), reference()}.
+start_call(Frame) ->
+    spawn_monitor(fun() -> exit_with_reply(Frame) end).
 
 %% Internal.
 
@@ -61,22 +70,17 @@ loop(Port) ->
             loop(Port)
     end.
 
-handle(<<Kind, Worker:32, Seq:32, Payload/binary>> = Frame, Port) ->
-    %% py_user reads '$py_call' from this dictionary to attribute io:format
-    %% output to the call that printed it.
-    put('$py_call', {Worker, Seq}),
-    %% term_to_binary inside the try: a result that cannot be encoded
-    %% (system_limit) becomes an ERROR reply, not a dead handler.
-    {Header, Body} =
-        try term_to_binary(run(Kind, Payload)) of
-            Result ->
-                {<<?K_OK, Worker:32, Seq:32>>, Result}
-        catch
-            Class:Reason:Stack ->
-                {<<?K_ERROR, Worker:32, Seq:32>>, error_reply(Class, Reason, Stack)}
-        end,
-    erase('$py_call'),
-    true = port_command(Port, [Header, Body]),
+exit_with_reply(Frame) ->
+    Reply = reply(Frame),
+    case erlang:process_info(self(), links) of
+        {links, []} -> ok;
+        {links, Links} -> lists:foreach(fun erlang:unlink/1, Links)
+    end,
+    exit({'$py_reply', Reply}).
+
+handle(Frame, Port) ->
+    [_Header, Body] = Reply = reply(Frame),
+    true = port_command(Port, Reply),
     %% An idle process never garbage-collects, so the last request and
     %% reply would stay referenced (and in memory) until this worker's next
     %% call.  Cheap to drop them now when they are big.
@@ -84,6 +88,24 @@ handle(<<Kind, Worker:32, Seq:32, Payload/binary>> = Frame, Port) ->
         true -> _ = garbage_collect(), ok;
         false -> ok
     end.
+
+%% The reply frame (header and payload) for the request in Frame.
+reply(<<Kind, Worker:32, Seq:32, Payload/binary>>) ->
+    %% py_user reads '$py_call' from this dictionary to attribute io:format
+    %% output to the call that printed it.
+    put('$py_call', {Worker, Seq}),
+    %% term_to_binary inside the try: a result that cannot be encoded
+    %% (system_limit) becomes an ERROR reply, not a dead handler.
+    Reply =
+        try term_to_binary(run(Kind, Payload)) of
+            Result ->
+                [<<?K_OK, Worker:32, Seq:32>>, Result]
+        catch
+            Class:Reason:Stack ->
+                [<<?K_ERROR, Worker:32, Seq:32>>, error_reply(Class, Reason, Stack)]
+        end,
+    erase('$py_call'),
+    Reply.
 
 run(Kind, Payload) when Kind >= ?K_CALL_ASYNC, Kind =< ?K_EVAL_ASYNC ->
     run(Kind - ?K_CALL_ASYNC + ?K_CALL, Payload);

@@ -168,8 +168,14 @@ class _Runner:
         if limit is not None:
             wait = limit if wait is None else min(wait, limit)
         if self.waker.wait(wait):
-            for fut, ok, value in self.waker.take():
+            finished = self.waker.take()
+            for fut, ok, value in finished:
                 _settle(fut, ok, value)
+            # Another thread may have checked that its future was not done
+            # just before it was completed here, and now sleeps on the
+            # waker: wake it to look again.
+            if finished and self.helpers > (threading.current_thread() is not self.thread):
+                self.waker.kick()
         if self.deadlines:
             self._expire()
 
@@ -372,10 +378,16 @@ def _map(name, items, seconds, own, deadline, in_flight):
 
 
 def _after_fork_in_child():
-    # The runner thread and its waker belong to the parent.
+    # The runner thread and its waker belong to the parent.  The futures
+    # that were pending there fail here (the C core finished them as dead:
+    # the parent's helper will never answer the child).
     global _runner, _runner_lock
-    _runner = None
+    old, _runner = _runner, None
     _runner_lock = threading.Lock()
+    if old is not None:
+        for fut, ok, value in old.waker.take():
+            _settle(fut, ok, value)
+        old.waker.close()
 
 
 import os as _os  # noqa: E402

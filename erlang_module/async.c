@@ -64,8 +64,10 @@ erpy_pending *
 erpy_waker_take(erpy_waker *k)
 {
     /* The pipe first, then the queue: a call finished in between is in the
-     * queue taken now; one finished after it writes a new byte. */
-    erpy_drain_fd(k->fd_r);
+     * queue taken now; one finished after it writes a new byte.  (Not in a
+     * forked child: the pipe's bytes are the parent's.) */
+    if (!k->forked)
+        erpy_drain_fd(k->fd_r);
     pthread_mutex_lock(&k->lock);
     erpy_pending *p = k->done;
     k->done = k->done_tail = NULL;
@@ -284,4 +286,36 @@ erpy_async_withdraw_all(erpy_helper *b, erpy_waker *k)
     for (erpy_pending *p = list; p; p = p->dnext)
         erpy_helper_cancel(b, ERPY_ASYNC_WORKER, p->seq);
     return list;
+}
+
+/* In a forked child: the async calls pending on the parent's helper will
+ * never be answered here.  Each is finished as dead on its waker (whose
+ * lock a thread of the parent may have held, and whose pipe is the
+ * parent's: the child only takes its queue, never reads the pipe), so that
+ * the child's futures and maps fail with HelperExited instead of waiting
+ * for ever.  Only async-signal-safe calls (and the child is single-threaded
+ * now). */
+void
+erpy_async_after_fork(erpy_helper *b)
+{
+    for (size_t i = 0; i < b->pcap; i++) {
+        for (erpy_pending *p = b->ptab[i], *n; p; p = n) {
+            n = p->hnext;
+            erpy_waker *k = p->waker;
+            if (!k->forked) {
+                pthread_mutex_init(&k->lock, NULL);
+                k->forked = 1;
+            }
+            p->hnext = NULL;
+            p->dead = 1;
+            p->dnext = NULL;
+            if (k->done_tail)
+                k->done_tail->dnext = p;
+            else
+                k->done = p;
+            k->done_tail = p;
+        }
+        b->ptab[i] = NULL;
+    }
+    b->n_pending = 0;
 }

@@ -27,6 +27,15 @@ erpy_helper_after_fork(void)
     erpy_helper *b = current;
     current = NULL;
     if (b != NULL) {
+        pthread_mutex_init(&b->lock, NULL);
+        pthread_mutex_init(&b->tail_lock, NULL);
+        b->dead = 1;
+        b->exit_status = -1;
+        static const char forked[] = "this process is a fork: the calls it had in flight "
+                                     "belong to the parent's Erlang helper";
+        _Static_assert(sizeof forked <= sizeof b->why, "fits in why");
+        memcpy(b->why, forked, sizeof forked);
+        erpy_async_after_fork(b);
         int fds[] = {b->to_fd, b->from_fd, b->err_fd, b->bg_pipe[0], b->bg_pipe[1]};
         for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
             if (fds[i] >= 0)

@@ -126,6 +126,7 @@ typedef struct erpy_waker {
     pthread_mutex_t lock;         /* the done queue and `signalled` */
     struct erpy_pending *done, *done_tail;
     int signalled;                /* a byte was written since the owner last took the queue */
+    int forked;                   /* inherited by a forked child: its pipe is the parent's */
 } erpy_waker;
 
 typedef struct erpy_pending {

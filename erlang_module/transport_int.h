@@ -220,5 +220,6 @@ void erpy_drain_dying_words(erpy_helper *b);
 /* In a forked child: forgets the parent's helper (closing our copies of its
  * descriptors).  Async-signal-safe. */
 void erpy_helper_after_fork(void);
+void erpy_async_after_fork(erpy_helper *b);
 
 #endif

@@ -328,6 +328,13 @@ def test_fork_with_pending_futures():
         pid = os.fork()
         if pid == 0:
             try:
+                # The parent's pending calls are lost here: they fail.
+                try:
+                    futs[0].result(10)
+                    os._exit(3)
+                except erlang.HelperExited as e:
+                    if "fork" not in str(e):
+                        os._exit(4)
                 erlang.eval(%s)
                 ok = erlang.call_async("double_it", 21).result(30) == 42
                 ok = ok and list(erlang.map("double_it", [1, 2])) == [2, 4]
@@ -389,3 +396,32 @@ def test_map_timeout_counts_from_the_map_call_like_executor_map():
     time.sleep(0.7)
     with pytest.raises(erlang.CallTimeout):
         next(it)
+
+
+def test_threads_waiting_on_futures_together_never_miss_their_completion():
+    # Several threads wait in result() at once, each completing whatever
+    # arrives: one that finds its future not done must be woken when
+    # another thread completes it.
+    errors = []
+    barrier = threading.Barrier(4)
+
+    def work(k):
+        try:
+            barrier.wait()
+            for r in range(150):
+                futs = [erlang.call_async("echo", (k, r, i)) for i in range(16)]
+                assert [f.result(60) for f in futs] == [(k, r, i) for i in range(16)]
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors[:3]
+    # A missed wake-up leaves a thread asleep until its result() timeout
+    # (60 s); all 9,600 calls take about a second.
+    assert time.monotonic() - t0 < 30
