@@ -934,12 +934,31 @@ Waker_wait(WakerObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     int ms = t < 0 ? -1 : t > 3600 ? 3600000 : (int)(t * 1000 + 0.999);
     erpy_waker *k = self->k;
+    module_state *st = PyType_GetModuleState(Py_TYPE(self));
+    /* The main thread wakes every MAIN_SLICE_MS to run signal handlers:
+     * SIGINT may have been delivered to another thread (as for calls). */
+    int main = PyThread_get_thread_ident() == st->main_thread;
+    uint64_t end = ms < 0 ? UINT64_MAX : erpy_now_ns() + (uint64_t)ms * 1000000ULL;
     int r;
-    Py_BEGIN_ALLOW_THREADS
-    r = erpy_waker_wait(k, ms);
-    Py_END_ALLOW_THREADS
-    if (r < 0 && errno == EINTR && PyErr_CheckSignals() < 0)
-        return NULL;
+    for (;;) {
+        int slice = ms;
+        if (main) {
+            uint64_t now = erpy_now_ns();
+            uint64_t left = end == UINT64_MAX ? UINT64_MAX : end > now ? (end - now) / 1000000ULL : 0;
+            slice = left < MAIN_SLICE_MS ? (int)left : MAIN_SLICE_MS;
+        }
+        int e;
+        Py_BEGIN_ALLOW_THREADS
+        r = erpy_waker_wait(k, slice);
+        e = errno;
+        Py_END_ALLOW_THREADS
+        if ((r < 0 && e == EINTR) || main) {
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+        }
+        if (r != 0 || !main || erpy_now_ns() >= end)
+            break;
+    }
     return PyBool_FromLong(r > 0);
 }
 

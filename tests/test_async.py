@@ -425,3 +425,27 @@ def test_threads_waiting_on_futures_together_never_miss_their_completion():
     # A missed wake-up leaves a thread asleep until its result() timeout
     # (60 s); all 9,600 calls take about a second.
     assert time.monotonic() - t0 < 30
+
+
+def test_ctrl_c_interrupts_a_map_in_the_main_thread_and_cancels_its_calls():
+    proc = run_python(r"""
+        import os, signal, sys, threading, time, erlang
+        erlang.eval(%s)
+        base = erlang.eval("erlang:system_info(process_count).")
+        # SIGINT sent to the process may be delivered to any thread.
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        try:
+            list(erlang.map("sleep_ms", [20000] * 10))
+        except KeyboardInterrupt:
+            print("RESULT interrupted %%.1f" %% (time.monotonic() - t0))
+        for _ in range(100):
+            if erlang.eval("erlang:system_info(process_count).") <= base:
+                break
+            time.sleep(0.05)
+        print("RESULT left", erlang.eval("erlang:system_info(process_count).") - base)
+    """ % REGISTER_LITERAL, timeout=60)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert lines and lines[0].startswith("RESULT interrupted"), (proc.stdout, proc.stderr)
+    assert float(lines[0].split()[-1]) < 5
+    assert "RESULT left 0" in lines or any(ln.startswith("RESULT left -") for ln in lines), lines
