@@ -174,3 +174,28 @@ def erlang_process_count():
 
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
+
+
+def wait_until(pred, timeout=5.0):
+    """Polls pred() until it is true or timeout seconds passed; returns its
+    last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+# park_as(Name): the calling process registers as Name and waits for ever,
+# so that a test can watch it being killed (erlang:whereis/1).
+PARK_AS = r"""
+py:register_function(park_as, fun([Name]) -> register(binary_to_atom(Name), self()),
+                                             receive never -> ok end end),
+ok.
+"""
+
+
+@pytest.fixture
+def park_as():
+    assert erlang.eval(PARK_AS) == "ok"

@@ -14,28 +14,8 @@ from concurrent.futures import CancelledError, wait
 import pytest
 
 import erlang
-from conftest import erlang_process_count, helper_pid, open_fds, run_python, REGISTER_LITERAL
-
-VICTIM = r"""
-py:register_function(park_as, fun([Name]) -> register(binary_to_atom(Name), self()),
-                                             receive never -> ok end end),
-ok.
-"""
-
-
-@pytest.fixture
-def park_as():
-    assert erlang.eval(VICTIM) == "ok"
-
-
-def wait_until(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
-
+from conftest import (erlang_process_count, helper_pid, open_fds,
+                      run_python, wait_until, REGISTER_LITERAL)
 
 def whereis(name):
     return erlang.eval("erlang:whereis(%s)." % name)

@@ -20,14 +20,9 @@ import uvloop
 
 import erlang
 import erlang.asyncio as ea
-from conftest import (erlang_process_count, helper_pid, open_fds, register_functions,
-                      result_lines, run_python, REGISTER_LITERAL)
-
-VICTIM = r"""
-py:register_function(park_as, fun([Name]) -> register(binary_to_atom(Name), self()),
-                                             receive never -> ok end end),
-ok.
-"""
+from conftest import (erlang_process_count, helper_pid, open_fds,
+                      register_functions, result_lines, run_python, wait_until,
+                      REGISTER_LITERAL)
 
 LOOPS = {
     "asyncio": asyncio.new_event_loop,
@@ -62,20 +57,6 @@ class Loop:
 @pytest.fixture(params=sorted(LOOPS))
 def aio(request):
     return Loop(request.param)
-
-
-@pytest.fixture
-def park_as():
-    assert erlang.eval(VICTIM) == "ok"
-
-
-def wait_until(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 async def await_until(pred, timeout=5.0):
