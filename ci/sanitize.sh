@@ -30,6 +30,11 @@ mkdir -p "$WORK"
 
 log() { echo "== $*"; }
 
+# The test dependencies, from pyproject.toml's `test` extra (one list).
+test_deps() {
+    "$PY" -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test']))"
+}
+
 # A copy of the sources without build/ (setuptools would reuse objects built
 # without the sanitizer flags: they are newer than the sources).
 fresh_source() {
@@ -78,10 +83,11 @@ run_asan() {
     make_venv "$venv"
     src=$(fresh_source asan)
     log "building the extension with -fsanitize=address,undefined"
+    # shellcheck disable=SC2046
     (cd "$src" && ERLANG_SANITIZE=address,undefined ERLANG_DEBUG=1 \
         "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall \
         --no-deps . && "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-        "pytest>=7" "hypothesis>=6")
+        $(test_deps))
     local so
     so=$("$venv/bin/python" -c "import glob, os, importlib.util as u; \
 d = os.path.dirname(u.find_spec('erlang').origin); print(glob.glob(d + '/_erlang*.so')[0])")
@@ -113,7 +119,11 @@ ctypes.memmove(b, b'x' * 200, 200)" >/dev/null 2>&1 || true
         fi
         rm -f "$SAN_LOGS"/*
         log "running the default test suite under ASan+UBSan"
-        "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
+        # Packaging, editable installs and type checking run other tools
+        # (pip, the compiler, mypy), not the extension: the plain run
+        # covers them.
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider --ignore=test_packaging.py \
+            --ignore=test_install.py --ignore=test_typing.py "$@"
     ) || rc=$?
     check_logs "ASan/UBSan" || rc=1
     log "asan run: $(( $(date +%s) - t0 )) s, exit $rc"
@@ -135,7 +145,10 @@ run_valgrind() {
         --disable-pip-version-check --force-reinstall --no-deps . && \
         "$venv/bin/python" -m pip install -q --disable-pip-version-check "pytest>=7" "hypothesis>=6")
     local tests=("$@")
-    [ ${#tests[@]} -gt 0 ] || tests=(test_calls.py test_codec.py test_errors.py)
+    # The core tests, and the async paths (pending table, wakers, outbound
+    # queue) without the big load and fault cases, which take long there.
+    [ ${#tests[@]} -gt 0 ] || tests=(test_calls.py test_codec.py test_errors.py test_async.py
+        -k "not helper_death and not many_threads and not never_miss and not fork and not ctrl_c and not million and not concurrently and not no_thread")
     log "valgrind memcheck over: ${tests[*]}"
     local rc=0
     (
