@@ -108,34 +108,57 @@ class _CallFuture(Future):
 
 
 def _help_until_done(fut, timeout):
+    """Waits for fut, completing futures meanwhile: the thread waiting here
+    becomes the one that takes replies from the waker (the *pump*) if no
+    thread is; otherwise it sleeps until the pump has completed a batch."""
     r = _runner
     if r is None:
         return
+    me = threading.get_ident()
     end = None if timeout is None else time.monotonic() + timeout
-    with r.cond:
-        r.helpers += 1
-    try:
-        while not fut.done():
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                return
-            r.run_once(left)
-    finally:
-        with r.cond:
-            r.helpers -= 1
-            if r.helpers == 0:
-                r.cond.notify()
+    cond = r.cond
+    with cond:
+        r.waiting += 1
+        try:
+            while not fut.done():
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                if r.pump == me:
+                    # A done-callback of ours waits for another future.
+                    cond.release()
+                    try:
+                        r.run_once(left)
+                    finally:
+                        cond.acquire()
+                elif r.pump is None:
+                    r.pump = me
+                    cond.release()
+                    try:
+                        r.run_once(left)
+                    finally:
+                        cond.acquire()
+                        r.pump = None
+                        cond.notify_all()
+                else:
+                    cond.wait(left)
+        finally:
+            r.waiting -= 1
+            cond.notify_all()
 
 
 class _Runner:
-    """Completes call_async/apply_async futures: its own thread does while
-    no other thread waits for one of them; threads that wait do."""
+    """Completes call_async/apply_async futures.  One thread at a time takes
+    the replies from the waker and completes their futures (the pump): a
+    thread waiting in result() when there is one, else the futures thread.
+    Every other waiting thread sleeps on `cond` until a batch is done."""
 
     def __init__(self):
         self.waker = _erlang.Waker()
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()          # the deadlines
         self.cond = threading.Condition(threading.Lock())
-        self.helpers = 0           # threads completing futures in result()
+        self.pump = None           # ident of the thread taking replies, or None
+        self.waiting = 0           # threads waiting in result()
         self.deadlines = []        # heap of (deadline, n, future, seconds, own)
         self.n = 0
         self.thread = threading.Thread(target=self._main, name="erlang-futures", daemon=True)
@@ -148,20 +171,28 @@ class _Runner:
             first = not self.deadlines or entry < self.deadlines[0]
             heapq.heappush(self.deadlines, entry)
         if first:
-            self.waker.kick()
+            self.waker.kick()      # the pump recomputes how long it waits
 
     def _main(self):
         cond = self.cond
+        me = threading.get_ident()
         while True:
-            if self.helpers:
+            with cond:
+                # Threads waiting in result() pump for themselves.
+                while self.pump is not None or self.waiting:
+                    cond.wait()
+                self.pump = me
+            try:
+                self.run_once(None)
+            finally:
                 with cond:
-                    while self.helpers:
-                        cond.wait()
-            self.run_once(None)
+                    self.pump = None
+                    cond.notify_all()
 
     def run_once(self, limit):
         """Waits (at most `limit` seconds, or until the next deadline) for
-        finished calls, and completes them and the expired ones."""
+        finished calls, and completes them and the expired ones.  By the
+        pump only."""
         with self.lock:
             wait = (max(0.0, self.deadlines[0][0] - time.monotonic())
                     if self.deadlines else None)
@@ -171,11 +202,9 @@ class _Runner:
             finished = self.waker.take()
             for fut, ok, value in finished:
                 _settle(fut, ok, value)
-            # Another thread may have checked that its future was not done
-            # just before it was completed here, and now sleeps on the
-            # waker: wake it to look again.
-            if finished and self.helpers > (threading.current_thread() is not self.thread):
-                self.waker.kick()
+            if finished and self.waiting:
+                with self.cond:
+                    self.cond.notify_all()
         if self.deadlines:
             self._expire()
 

@@ -383,18 +383,18 @@ def test_threads_waiting_on_futures_together_never_miss_their_completion():
     # arrives: one that finds its future not done must be woken when
     # another thread completes it.
     errors = []
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(6)
 
     def work(k):
         try:
             barrier.wait()
-            for r in range(150):
+            for r in range(100):
                 futs = [erlang.call_async("echo", (k, r, i)) for i in range(16)]
                 assert [f.result(60) for f in futs] == [(k, r, i) for i in range(16)]
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
     t0 = time.monotonic()
     for t in threads:
         t.start()

@@ -267,8 +267,10 @@ def test_a_full_outbound_queue_makes_calls_wait_for_room_not_the_loop(aio, resto
         return got, ticks_while_stopped, ticker.max_gap
     got, ticks, gap = aio.run(main())
     assert got == ["%07d" % i for i in range(60)]
-    assert ticks >= 10, ticks          # 0.5 s at 10 ms a tick: about 50
-    assert gap < 0.5, gap
+    # The loop turned while the helper read nothing (0.5 s at 10 ms a tick:
+    # about 50 ticks here, a few under ASan, none if a write blocked it).
+    assert ticks >= 2, ticks
+    assert gap < 2.0, gap
     assert aio.run(ea.call("echo", "after")) == "after"
 
 
