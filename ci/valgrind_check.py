@@ -38,6 +38,11 @@ def ours(frame):
     obj = frame.findtext("obj") or ""
     fn = frame.findtext("fn") or ""
     src = frame.findtext("file") or ""
+    # A source file counts by its directory too where valgrind gives one:
+    # a bare name may also be one of CPython's (frame.c, for one).
+    d = frame.findtext("dir") or ""
+    if src in OUR_FILES and d and not d.rstrip("/").endswith("erlang_module"):
+        return "/erlang/_erlang" in obj or fn.startswith("erpy_")
     return ("/erlang/_erlang" in obj or src in OUR_FILES or fn.startswith("erpy_"))
 
 

@@ -3,7 +3,7 @@
  *   codec.c      Python object <-> external term format (ei + bounds checks)
  *   buf.c        the growable byte buffer (buf.h; no Python)
  *   transport.h  the helper's channel, worker pool and waiting (no GIL):
- *                frame.c pool.c output.c wait.c outq.c async.c helper.c,
+ *                framing.c pool.c output.c wait.c outq.c async.c helper.c,
  *                sharing transport_int.h
  *   spawn.c      starting the helper process, its stderr, reaping
  *   module.c     the Python module `erlang._erlang`: glue and entry points

@@ -1,7 +1,7 @@
 /* What the transport's files share; not for module.c (transport.h is its
  * interface).  Nothing here touches a PyObject or needs the GIL.
  *
- *   frame.c   frame splitting and header checks: pure, no I/O, no locks
+ *   framing.c frame splitting and header checks: pure, no I/O, no locks
  *   pool.c    the worker pool, its pthread key, the fork handler
  *   output.c  the output queue (helper output no waiting call claims)
  *   wait.c    leader/followers reading, dispatch by header, waiting
@@ -142,14 +142,14 @@ erpy_ms_until(uint64_t until, uint64_t now)
     return ms > INT32_MAX ? INT32_MAX : (int)ms;
 }
 
-/* ------------------------------------------------------------ frame.c */
+/* ------------------------------------------------------------ framing.c */
 
 /* A frame with room for a body of blen bytes (header fields unset), or
  * NULL when out of memory. */
 erpy_frame *erpy_frame_new(size_t blen);
 /* Fills kind, worker, seq, payload and plen from the body. */
 void erpy_frame_parse_header(erpy_frame *f);
-/* Splits the complete frames at the start of buf[0..len) (see frame.c). */
+/* Splits the complete frames at the start of buf[0..len) (see framing.c). */
 ssize_t erpy_split_frames(const char *buf, size_t len, erpy_frame **list, erpy_frame **tail,
                           int *nframes, size_t *need);
 

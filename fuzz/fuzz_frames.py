@@ -1,4 +1,4 @@
-"""Fuzz target: the reader's frame splitting (frame.c, through the
+"""Fuzz target: the reader's frame splitting (framing.c, through the
 test-only entry point erlang._erlang._parse_frames), and the decoding of
 every payload it returns.
 

@@ -17,7 +17,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SRC = os.path.join(ROOT, "erlang_module")
 
 # The C files that run without the GIL (transport_int.h refuses Python.h).
-NO_PYTHON_FILES = ["frame.c", "pool.c", "output.c", "wait.c", "outq.c", "async.c",
+NO_PYTHON_FILES = ["framing.c", "pool.c", "output.c", "wait.c", "outq.c", "async.c",
                    "helper.c", "spawn.c", "buf.c"]
 
 
