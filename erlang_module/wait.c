@@ -249,7 +249,8 @@ erpy_lead_once(erpy_helper *b, erpy_worker *self, int timeout_ms, int extra_fd)
     int out_fd = self == NULL && __atomic_load_n(&b->oq_bytes, __ATOMIC_SEQ_CST) > 0
                  ? b->to_fd : -1;
     struct pollfd pf[3] = {{b->from_fd, POLLIN, 0}, {extra_fd, POLLIN, 0}, {out_fd, POLLOUT, 0}};
-    int r = poll(pf, 3, timeout_ms);
+    /* The slots not in use are left out: the lone caller's poll() is one fd. */
+    int r = poll(pf, out_fd >= 0 ? 3 : extra_fd >= 0 ? 2 : 1, timeout_ms);
     if (r < 0)
         return errno == EINTR ? ERPY_LEAD_EINTR : ERPY_LEAD_IDLE;
     if (r == 0)
