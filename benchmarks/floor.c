@@ -21,6 +21,8 @@
  *     pipeline D N HEX   (c) one thread keeps D requests in flight on D
  *                            workers (a new one is written for every reply)
  *                            until N replies came back
+ *     apipeline D N HEX  (c async) the same with CALL_ASYNC frames on the
+ *                            async channel: a process per call in the BEAM
  *     pingpong N         raw pipe ping-pong between two threads (1 byte)
  *     pingpong_proc N    the same between two processes
  *     quit
@@ -454,19 +456,37 @@ run_threads(int k, long n, const char *payload, size_t plen)
 
 /* ------------------------------------------------------ (c) pipelined */
 
+/* Async calls of every pipelined run: Seq counts on, so that no two calls
+ * of the helper's lifetime share one. */
+static uint32_t async_seq;
+
+/* (c): one thread keeps `depth` calls in flight.  Synchronous: CALLs on
+ * `depth` workers, each worker's next call written when its reply comes.
+ * Async (apipeline): CALL_ASYNC frames on the async channel, the helper
+ * running each in a process of its own; slot i's calls get the Seqs
+ * i+1, i+1+depth, ... counted from async_seq, so a reply's Seq names its
+ * slot. */
 static void
-run_pipeline(int depth, long n, const char *payload, size_t plen)
+run_pipeline(int depth, long n, const char *payload, size_t plen, int async)
 {
     const uint32_t first = 201;
     frame *req = calloc((size_t)depth, sizeof *req);
+    uint32_t *want = calloc((size_t)depth, sizeof *want);
     size_t flen = 4 + ERPY_HEADER_SIZE + plen;
     char *batch = malloc(flen * (size_t)depth);
     size_t blen_out = 0;
     long sent = 0, got = 0;
+    uint32_t base = async_seq;
     uint64_t t_start = now_ns();
     for (int i = 0; i < depth && sent < n; i++) {
-        req[i] = make_frame(ERPY_K_CALL, first + (uint32_t)i, payload, plen);
-        put32(req[i].d + 9, ++seqs[first + i]);
+        if (async) {
+            req[i] = make_frame(ERPY_K_CALL_ASYNC, ERPY_ASYNC_WORKER, payload, plen);
+            want[i] = base + (uint32_t)i + 1;
+        } else {
+            req[i] = make_frame(ERPY_K_CALL, first + (uint32_t)i, payload, plen);
+            want[i] = ++seqs[first + i];
+        }
+        put32(req[i].d + 9, want[i]);
         memcpy(batch + blen_out, req[i].d, flen);
         blen_out += flen;
         sent++;
@@ -480,11 +500,16 @@ run_pipeline(int depth, long n, const char *payload, size_t plen)
             uint32_t blen;
             char *body = read_frame(&rb, from_fd, &blen);
             uint32_t w = be32(body + 1);
-            check_reply(body, blen, w, seqs[w]);
+            int i = async ? (int)((be32(body + 5) - base - 1) % (uint32_t)depth) : (int)(w - first);
+            if (i < 0 || i >= depth) {
+                fprintf(stderr, "floor: reply for no call (worker %u)\n", w);
+                exit(2);
+            }
+            check_reply(body, blen, async ? ERPY_ASYNC_WORKER : first + (uint32_t)i, want[i]);
             got++;
             if (sent < n) {
-                int i = (int)(w - first);
-                put32(req[i].d + 9, ++seqs[w]);
+                want[i] = async ? want[i] + (uint32_t)depth : ++seqs[w];
+                put32(req[i].d + 9, want[i]);
                 memcpy(batch + blen_out, req[i].d, flen);
                 blen_out += flen;
                 sent++;
@@ -494,10 +519,13 @@ run_pipeline(int depth, long n, const char *payload, size_t plen)
         if (blen_out)
             write_all(to_fd, batch, blen_out);
     }
+    if (async)
+        async_seq = base + (uint32_t)(n + depth);
     uint64_t wall = now_ns() - t_start;
-    print_stats("pipeline", depth, n, NULL, 0, wall, plen);
+    print_stats(async ? "apipeline" : "pipeline", depth, n, NULL, 0, wall, plen);
     for (int i = 0; i < depth; i++)
         free(req[i].d);
+    free(want);
     free(req);
     free(batch);
 }
@@ -672,9 +700,10 @@ main(int argc, char **argv)
         } else if (strcmp(cmd, "threads") == 0 && sscanf(rest, "%ld %ld %s", &a, &b, hex) == 3) {
             payload = unhex(hex, &plen);
             run_threads((int)a, b, payload, plen);
-        } else if (strcmp(cmd, "pipeline") == 0 && sscanf(rest, "%ld %ld %s", &a, &b, hex) == 3) {
+        } else if ((strcmp(cmd, "pipeline") == 0 || strcmp(cmd, "apipeline") == 0) &&
+                   sscanf(rest, "%ld %ld %s", &a, &b, hex) == 3) {
             payload = unhex(hex, &plen);
-            run_pipeline((int)a, b, payload, plen);
+            run_pipeline((int)a, b, payload, plen, cmd[0] == 'a');
         } else {
             fprintf(stderr, "floor: bad command: %s", line);
             printf("{\"error\": \"bad command\"}\n");

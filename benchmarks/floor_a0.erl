@@ -7,7 +7,11 @@
 %% frame, each handler writing its reply with port_command), but nothing
 %% else: no application, no supervisor, no ETF decoding, no function
 %% registry, no monitors.  Every request frame is answered by an OK frame
-%% whose payload is the request's payload, unchanged.
+%% whose payload is the request's payload, unchanged.  A CALL_ASYNC frame
+%% gets the shape of the helper's async path instead: a process of its own,
+%% monitored, that exits with its reply, which the dispatcher writes when
+%% the 'DOWN' arrives (and nothing else: no bookkeeping of calls in
+%% flight).
 %%
 %% Started by bench.py as
 %%   erl -noshell -noinput +Bi +sbwt none ... -pa benchmarks/out
@@ -21,6 +25,7 @@
 
 -export([start/0, main/0]).
 
+-define(K_CALL_ASYNC, 5).
 -define(K_OK, 16).
 -define(K_HELLO, 18).
 
@@ -52,6 +57,15 @@ dispatcher() ->
 
 loop(Port, Handlers) ->
     receive
+        {Port, {data, <<?K_CALL_ASYNC, Worker:32, Seq:32, Payload/binary>>}} ->
+            %% An async call: a process of its own, which exits with its
+            %% reply; the dispatcher writes it when the 'DOWN' comes, as
+            %% py_coordinator does.
+            _ = spawn_monitor(fun() -> exit({reply, [<<?K_OK, Worker:32, Seq:32>>, Payload]}) end),
+            loop(Port, Handlers);
+        {'DOWN', _, process, _, {reply, Reply}} ->
+            true = port_command(Port, Reply),
+            loop(Port, Handlers);
         {Port, {data, <<_Kind, Worker:32, _Seq:32, _/binary>> = Frame}} ->
             case Handlers of
                 #{Worker := Handler} ->
