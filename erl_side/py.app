@@ -12,7 +12,7 @@
  [{description, "Runs Erlang functions for the Python package erlang"},
   {vsn, "dev"},
   {modules, [py, py_app, py_boot, py_coordinator, py_error, py_handler, py_keeper, py_log_h,
-             py_sup, py_user]},
+             py_mailbox, py_sup, py_user]},
   {registered, [py_sup, py_coordinator, py_keeper]},
   {applications, [kernel, stdlib]},
   {mod, {py_app, []}},

@@ -5,7 +5,18 @@
 %% stored as its UTF-8 binary), so that a CALL of an unknown name from
 %% Python never creates an atom.  The registry is the ETS table py_registry,
 %% owned by py_sup.
+%%
+%% Erlang calls Python with call_python/2,3 and cast_python/2, and talks to
+%% Python's mailboxes (erlang.Mailbox on the Python side) through the
+%% processes that stand for them (py_mailbox): Python opens, closes and
+%% monitors with them by calling the functions below; Erlang code just
+%% sends to their pids or names.
 -module(py).
+
+-include("py_protocol.hrl").
+
+%% whereis/1 is this module's own (binary names, no atoms made).
+-compile({no_auto_import, [whereis/1]}).
 
 %% API.
 -export([register_function/2]).
@@ -16,6 +27,14 @@
 -export([eval/1]).
 -export([load_source/2]).
 -export([keep/1]).
+-export([call_python/2]).
+-export([call_python/3]).
+-export([cast_python/2]).
+-export([open_mailbox/2]).
+-export([close_mailbox/1]).
+-export([mailbox_monitor/2]).
+-export([mailbox_demonitor/2]).
+-export([whereis/1]).
 
 -type name() :: atom() | binary() | string().
 -export_type([name/0]).
@@ -130,6 +149,167 @@ load_source(Source, File) ->
 keep(Fun) ->
     py_keeper:keep(Fun).
 
+%% Calls the Python function registered under Name with Args (the list
+%% of its arguments) and returns its result, waiting as long as it takes.
+%% See call_python/3.
+-spec call_python(atom() | binary(), list()) -> term().
+call_python(Name, Args) ->
+    call_python(Name, Args, infinity).
+
+%% Calls the Python function registered under Name with Args and returns
+%% its result; Timeout is in milliseconds.  Raises:
+%%   error:{python, Type, Message, Traceback}  the function raised: the
+%%                                            exception's type, message and
+%%                                            traceback, each a binary as
+%%                                            Python sent it
+%%   error:{undefined_python_function, Name}  nothing is registered as Name
+%%                                            (Name as given here)
+%%   error:{python_timeout, Name}             no answer within Timeout; the
+%%                                            function may still run, and its
+%%                                            late result is dropped
+%%   error:{python_unavailable, Name}         the channel is gone
+%%   error:badarg                             Name not an atom or binary,
+%%                                            Args not a proper list
+%% Called while a call from Python runs (in a worker's handler), the
+%% request goes to the Python thread that waits for that call, which runs
+%% the function itself: Python code that calls Erlang that calls back into
+%% Python nests on one thread, as plain calls would, and needs no free
+%% thread in a pool (nor can it deadlock on a lock that thread holds).
+%% From any other process, Python's thread pool runs it.  An atom Name is
+%% sent as its UTF-8 text; no atom is ever made from Python's answer.
+-spec call_python(atom() | binary(), list(), timeout()) -> term().
+call_python(Name, Args, Timeout)
+  when (is_binary(Name) orelse is_atom(Name)), is_list(Args), length(Args) >= 0,
+       (Timeout =:= infinity orelse (is_integer(Timeout) andalso Timeout >= 0)) ->
+    {Worker, Seq} = case get('$py_call') of
+                        {W, S} when W =/= 0, W =/= ?ASYNC_WORKER -> {W, S};
+                        _ -> {0, 0}
+                    end,
+    %% [reply]: the alias dies with the one reply, so a second message
+    %% naming it (a forged one) cannot reach this process.
+    Alias = alias([reply]),
+    Frame = [<<?K_CALLBACK, Worker:32, Seq:32>>,
+             term_to_binary({Alias, name_binary(Name), Args})],
+    try
+        callback(Name, Frame)
+    catch
+        error:{python_unavailable, _} = Unavailable ->
+            _ = unalias(Alias),
+            erlang:error(Unavailable)
+    end,
+    wait_python(Alias, Name, Timeout);
+call_python(Name, Args, Timeout) ->
+    erlang:error(badarg, [Name, Args, Timeout]).
+
+%% Runs the Python function registered under Name with Args in Python's
+%% thread pool, and returns ok at once: nothing comes back, not even an
+%% exception.  Raises error:{python_unavailable, Name} if
+%% the channel is gone, error:badarg for a bad Name or Args.
+-spec cast_python(atom() | binary(), list()) -> ok.
+cast_python(Name, Args)
+  when (is_binary(Name) orelse is_atom(Name)), is_list(Args), length(Args) >= 0 ->
+    callback(Name, [<<?K_CALLBACK, 0:32, 0:32>>,
+                    term_to_binary({undefined, name_binary(Name), Args})]);
+cast_python(Name, Args) ->
+    erlang:error(badarg, [Name, Args]).
+
+%% Opens the Erlang side of Python mailbox Id (Python's own number for it,
+%% 1..2^32-1, never reused): a new process that forwards every message it
+%% receives to Python, see py_mailbox.  Registered as Name (UTF-8) unless
+%% Name is undefined.  Raises error:badarg if Name is taken (or not a valid
+%% name) or Id is in use.  Called by Python (an APPLY); the coordinator
+%% spawns the process, as it must know it to route CREDIT frames to it and
+%% to report its end with MAILBOX_DOWN.
+-spec open_mailbox(pos_integer(), binary() | undefined) -> pid().
+open_mailbox(Id, Name)
+  when is_integer(Id), Id > 0, Id =< 16#FFFFFFFF, (is_binary(Name) orelse Name =:= undefined) ->
+    case erlang:whereis(py_coordinator) of
+        undefined ->
+            erlang:error(noproc, [Id, Name]);
+        Coordinator ->
+            %% gen:call's way: the monitor's alias carries the reply, and
+            %% the 'DOWN' ends the wait should the coordinator die.
+            Ref = erlang:monitor(process, Coordinator, [{alias, demonitor}]),
+            Coordinator ! {'$py_open_mailbox', Ref, Id, Name},
+            receive
+                {Ref, Result} ->
+                    erlang:demonitor(Ref, [flush]),
+                    case Result of
+                        {ok, Pid} -> Pid;
+                        {error, Reason} -> erlang:error(Reason, [Id, Name])
+                    end;
+                {'DOWN', Ref, process, _, _} ->
+                    erlang:error(noproc, [Id, Name])
+            end
+    end;
+open_mailbox(Id, Name) ->
+    erlang:error(badarg, [Id, Name]).
+
+%% Closes a mailbox: its process exits with reason `closed` (Python gets
+%% MAILBOX_DOWN closed) and messages it had not yet passed on are dropped.
+%% Returns once the process is gone; ok also if it was gone already.  An
+%% exit signal rather than a request: the mailbox stops at once, not after
+%% the messages queued before the request.  A pid that is no mailbox
+%% raises error:badarg.
+-spec close_mailbox(pid()) -> ok.
+close_mailbox(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+    Ref = erlang:monitor(process, Pid),
+    case erlang:process_info(Pid, initial_call) of
+        {initial_call, {py_mailbox, init, _}} ->
+            exit(Pid, closed);
+        undefined ->
+            ok;
+        _ ->
+            erlang:demonitor(Ref, [flush]),
+            erlang:error(badarg, [Pid])
+    end,
+    receive
+        {'DOWN', Ref, process, Pid, _} -> ok
+    end;
+close_mailbox(Pid) ->
+    erlang:error(badarg, [Pid]).
+
+%% The mailbox monitors Target: its 'DOWN' message, {'DOWN', Ref, process,
+%% Object, Reason}, reaches Python as any other message.  Target is a pid,
+%% a registered name (atom, or binary: a binary that is no atom names no
+%% process, and the 'DOWN' with reason noproc and Object {Name, node()},
+%% Name the binary, comes at once), or {Name, Node}.  Raises error:noproc if
+%% the mailbox is closed, error:badarg for a Target of another shape.
+-spec mailbox_monitor(pid(), pid() | atom() | binary() | {atom() | binary(), atom() | binary()}) ->
+          reference().
+mailbox_monitor(Pid, Target) ->
+    case mailbox_request(Pid, {monitor, Target}) of
+        {ok, Ref} -> Ref;
+        {error, Reason} -> erlang:error(Reason, [Pid, Target])
+    end.
+
+%% Removes a monitor made by mailbox_monitor/2.  A 'DOWN' for it that the
+%% mailbox has not yet passed on is dropped; one already sent to Python is
+%% not (Python drops it).  Raises error:noproc if the mailbox is closed.
+-spec mailbox_demonitor(pid(), reference()) -> ok.
+mailbox_demonitor(Pid, Ref) when is_reference(Ref) ->
+    mailbox_request(Pid, {demonitor, Ref});
+mailbox_demonitor(Pid, Ref) ->
+    erlang:error(badarg, [Pid, Ref]).
+
+%% The pid registered as Name (UTF-8), or undefined, as erlang:whereis/1
+%% but without making an atom of an unknown name.  A name registered to a
+%% port is undefined here: Python can only use processes.
+-spec whereis(binary() | atom()) -> pid() | undefined.
+whereis(Name) when is_binary(Name) ->
+    try binary_to_existing_atom(Name, utf8) of
+        Atom -> whereis(Atom)
+    catch
+        error:badarg -> undefined
+    end;
+whereis(Name) when is_atom(Name) ->
+    case erlang:whereis(Name) of
+        Pid when is_pid(Pid) -> Pid;
+        _ -> undefined
+    end;
+whereis(Name) ->
+    erlang:error(badarg, [Name]).
+
 %% Error formatting.
 
 %% The erl_scan/erl_parse convention, so that syntax_error/1 formats this
@@ -147,6 +327,72 @@ not_the_helpers(Module) ->
         false -> ok;
         true -> erlang:raise(error, {reserved_module, Module}, [])
     end.
+
+%% The port is stored by the coordinator at start-up; a closed port makes
+%% port_command/2 raise badarg.
+callback(Name, Frame) ->
+    case persistent_term:get({py, port}, undefined) of
+        undefined ->
+            erlang:error({python_unavailable, Name});
+        Port ->
+            try port_command(Port, Frame) of
+                true -> ok
+            catch
+                error:badarg -> erlang:error({python_unavailable, Name})
+            end
+    end.
+
+%% The answer to a CALLBACK, forwarded by the coordinator to its alias.
+%% Timeouts beyond the longest `after` (2^32-1 ms, 49 days) wait in steps.
+wait_python(Alias, Name, Timeout) when is_integer(Timeout), Timeout > 16#FFFFFFFF ->
+    receive
+        {Alias, _, _} = Answer -> python_answer(Answer, Name)
+    after 16#FFFFFFFF ->
+        wait_python(Alias, Name, Timeout - 16#FFFFFFFF)
+    end;
+wait_python(Alias, Name, Timeout) ->
+    receive
+        {Alias, _, _} = Answer -> python_answer(Answer, Name)
+    after Timeout ->
+        _ = unalias(Alias),
+        %% A reply that came in just before unalias/1 is dropped here.
+        receive {Alias, _, _} -> ok after 0 -> ok end,
+        erlang:error({python_timeout, Name})
+    end.
+
+python_answer({_, ok, Value}, _Name) ->
+    Value;
+python_answer({_, error, {undefined_python_function, _}}, Name) ->
+    %% Python has the name as text; the caller's own term reads better.
+    erlang:error({undefined_python_function, Name});
+python_answer({_, error, Reason}, _Name) ->
+    erlang:error(Reason).
+
+name_binary(Name) when is_binary(Name) -> Name;
+name_binary(Name) -> atom_to_binary(Name, utf8).
+
+%% A request to a mailbox process, answered on the monitor's alias.  Only
+%% a local py_mailbox process is asked: a request sent to another process
+%% would never be answered.
+mailbox_request(Pid, Request) when is_pid(Pid), node(Pid) =:= node() ->
+    case erlang:process_info(Pid, initial_call) of
+        {initial_call, {py_mailbox, init, _}} ->
+            Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
+            Pid ! {'$py_mailbox', Ref, Request},
+            receive
+                {Ref, Result} ->
+                    erlang:demonitor(Ref, [flush]),
+                    Result;
+                {'DOWN', Ref, process, _, _} ->
+                    erlang:error(noproc)
+            end;
+        undefined ->
+            erlang:error(noproc);
+        _ ->
+            erlang:error(badarg)
+    end;
+mailbox_request(_Pid, _Request) ->
+    erlang:error(badarg).
 
 name(Name) when is_binary(Name) ->
     Name;

@@ -15,7 +15,9 @@
 %%   <<Kind:8, Worker:32/big, Seq:32/big, Payload/binary>>
 %%
 %% so this process routes a frame by matching the header, without decoding
-%% the payload.  Worker is a Python worker (a pool entry used by one thread
+%% the payload (except for CALLBACK_REPLY, SEND and CREDIT, which it acts
+%% on itself: each is one send, cheaper done than handed to a handler).
+%% Worker is a Python worker (a pool entry used by one thread
 %% at a time); each worker has one handler process here (py_handler), spawned
 %% on the first frame for it.  Seq is the worker's call counter: every reply
 %% carries the Worker and Seq of its request, and Python drops a reply whose
@@ -47,6 +49,35 @@
 %%              frame for Worker gets a fresh handler.  Nothing is sent back
 %%              for the cancelled call.  If the handler owned ETS tables or
 %%              had links, a warning naming them is logged (a LOG frame).  A CANCEL for another Seq is ignored.
+%%   CALLBACK_REPLY 33  {Alias :: reference(), ok, Value} or
+%%              {Alias, error, Reason}: the answer to a CALLBACK; Worker and
+%%              Seq are ignored.  Sent on as the message {Alias, Tag, Value}
+%%              to Alias, the caller's alias, which is gone once the caller
+%%              has timed out: a late answer is dropped by the runtime.  An
+%%              Alias that is not a reference is dropped; a payload of
+%%              another shape is logged (a warning) and dropped.  Reason is
+%%              {python, Type, Message, Traceback} (binaries) or
+%%              {undefined_python_function, Name :: binary()}.
+%%   SEND   34  {Dest, Msg}: Dest ! Msg, done by this process, so that the
+%%              SENDs of worker 0 reach one Dest in the order Python wrote
+%%              them.  Dest is a pid; a registered name as a UTF-8 binary,
+%%              never made an atom (no such atom, no process registered
+%%              under it, or a port registered under it: badarg); or
+%%              {Name, Node}, each an atom or a binary (made an atom: node
+%%              names are atoms anyway), which never fails, as in Erlang.
+%%              Ports are never sent to: a message a port does not
+%%              understand kills it, and the channel is a port.  On worker
+%%              0 nothing is sent back.  On any other worker the reply (same
+%%              Worker and Seq) is OK with `ok`, or ERROR with
+%%              {error, badarg, [], Message}, Message a binary such as
+%%              <<"bad argument: no process is registered as foo">>.  A send
+%%              to a dead pid is ok, as in Erlang.
+%%   CREDIT 36  Worker 0, Seq = a mailbox's Id: {Msgs, Bytes}: Python's code
+%%              has taken Msgs of that mailbox's MESSAGE frames, of Bytes
+%%              payload bytes in all (each frame's size minus its 9-byte
+%%              header), so its window opens by as much (py_mailbox).  Sent
+%%              on to the mailbox process; an unknown Id is ignored (the
+%%              mailbox is gone).
 %%
 %%   BEAM -> Python
 %%   OK     16  Result: the value the call returned.
@@ -100,6 +131,33 @@
 %%              are those of the call whose handler printed it -- the frame
 %%              is written before that call's reply -- or 0/0 when no call
 %%              printed it.  Logger events are LOG frames, never OUTPUT.
+%%   CALLBACK 32  {Alias, Name :: binary(), Args :: list()}: run the Python
+%%              function registered as Name with Args.  From
+%%              py:call_python/2,3 Alias is a reference (an alias of the
+%%              caller) and Python answers with CALLBACK_REPLY; from
+%%              py:cast_python/2 it is the atom undefined and nothing is
+%%              answered.  Worker 0, Seq 0: Python's thread pool runs it.
+%%              Worker W, Seq S: a handler made it while running call
+%%              (W, S), and the Python thread waiting for that call runs it
+%%              (callbacks nest on one thread, as calls do).  A call to
+%%              Erlang that callback makes in turn comes on another worker,
+%%              so the blocked handler never has a frame to take meanwhile.
+%%   MESSAGE 35 Worker 0, Seq = a mailbox's Id: Msg, one message the
+%%              mailbox's process received, one per frame, in the order it
+%%              received them, written by that process (py_mailbox).  At
+%%              most ?MAILBOX_WINDOW_MSGS (1024) frames, and while fewer than
+%%              ?MAILBOX_WINDOW_BYTES (64 MiB) of payload, are sent and not
+%%              yet credited back (CREDIT); the rest wait on this side.
+%%              Mailboxes are opened by an APPLY of py:open_mailbox(Id,
+%%              Name): Id is Python's (1..2^32-1, never reused), Name a
+%%              binary to register the process under, or undefined; the
+%%              reply is its pid, or ERROR badarg if Name is taken or Id in
+%%              use.  py:close_mailbox/1, py:mailbox_monitor/2,
+%%              py:mailbox_demonitor/2 and py:whereis/1 are APPLYs too.
+%%   MAILBOX_DOWN 37  Worker 0, Seq = a mailbox's Id: Reason: the mailbox's
+%%              process is gone (`closed` after py:close_mailbox/1, `killed`,
+%%              or what it crashed with) and Id is forgotten.  Written
+%%              after the last MESSAGE frame of that mailbox.
 %%   LOG    20  Worker 0, Seq 0: one logger event (py_log_h), for Python's
 %%              logging: #{level => atom(), msg => binary() (formatted, one
 %%              line), meta => #{pid => binary(), mfa => {M, F, Arity},
@@ -165,7 +223,10 @@
     handlers = #{} :: #{pid() => non_neg_integer()},
     %% Async calls in flight: {Worker, Seq} => {Pid, Monitor}, and back
     calls = #{} :: #{{non_neg_integer(), non_neg_integer()} => {pid(), reference()}},
-    monitors = #{} :: #{reference() => {non_neg_integer(), non_neg_integer()}}
+    monitors = #{} :: #{reference() => {non_neg_integer(), non_neg_integer()}},
+    %% Open mailboxes: Id => process (for CREDIT), and monitor => Id
+    mailboxes = #{} :: #{pos_integer() => pid()},
+    mailbox_monitors = #{} :: #{reference() => pos_integer()}
 }).
 
 %% API.
@@ -189,6 +250,11 @@ init(Parent) ->
     %% HELLO first, then make the port visible: py_user writes output only
     %% once py_port exists, so HELLO is always the first frame Python reads.
     true = port_command(Port, [<<?K_HELLO, 0:32, 0:32>>, term_to_binary(hello())]),
+    %% For py:call_python/2,3 and cast_python/2, which write CALLBACK frames
+    %% from the calling process: a lookup without copying and without the
+    %% name py_port, which a user function may unregister.  Put once, so it
+    %% never costs the global scan an update of a persistent term makes.
+    ok = persistent_term:put({py, port}, Port),
     true = register(py_port, Port),
     %% Output printed during boot was buffered by py_user; let it flush now.
     %% py_user, like the handlers, keeps the port itself: the name py_port
@@ -221,7 +287,9 @@ loop(State = #state{port = Port, parent = Parent}) ->
         {Port, {data, <<Kind, Worker:32, Seq:32, _/binary>> = Frame}} ->
             loop(frame(Kind, Worker, Seq, Frame, State));
         {'DOWN', Monitor, process, Pid, Reason} ->
-            loop(handler_down(Monitor, Pid, Reason, State));
+            loop(down(Monitor, Pid, Reason, State));
+        {'$py_open_mailbox', ReplyTo, Id, Name} when is_reference(ReplyTo) ->
+            loop(open_mailbox(ReplyTo, Id, Name, State));
         {Port, eof} ->
             %% Python closed our stdin: it is gone or stopping us.  Halt now;
             %% flushing output nobody will read could only delay the exit.
@@ -275,6 +343,59 @@ frame(?K_CANCEL, Worker, Seq, _Frame, State = #state{workers = Workers}) ->
             %% a later frame has superseded): nothing to abandon.
             State
     end;
+frame(?K_CALLBACK_REPLY, _Worker, _Seq, <<_:9/binary, Payload/binary>>, State) ->
+    try binary_to_term(Payload) of
+        {Alias, Tag, Value} when is_reference(Alias), (Tag =:= ok orelse Tag =:= error) ->
+            Alias ! {Alias, Tag, Value};
+        {Alias, _, _} when not is_reference(Alias) ->
+            ok;
+        Other ->
+            logger:warning("py: dropped a CALLBACK_REPLY frame whose payload is not "
+                           "{Alias, ok | error, Value}: ~tP", [Other, 10])
+    catch
+        error:badarg ->
+            logger:warning("py: dropped a CALLBACK_REPLY frame whose payload does not decode")
+    end,
+    State;
+frame(?K_SEND, Worker, Seq, <<_:9/binary, Payload/binary>>, State) ->
+    Result = try binary_to_term(Payload) of
+                 {Dest, Msg} -> send(Dest, Msg);
+                 _ -> {error, "the SEND payload is not {Dest, Msg}"}
+             catch
+                 error:badarg -> {error, "the SEND payload does not decode"}
+             end,
+    case {Worker, Result} of
+        {0, _} ->
+            ok;
+        {_, ok} ->
+            true = port_command(State#state.port, [<<?K_OK, Worker:32, Seq:32>>,
+                                                   term_to_binary(ok)]);
+        {_, {error, Why}} ->
+            Message = unicode:characters_to_binary(["bad argument: ", Why]),
+            true = port_command(State#state.port, [<<?K_ERROR, Worker:32, Seq:32>>,
+                                                   term_to_binary({error, badarg, [], Message})])
+    end,
+    State;
+frame(?K_CREDIT, _Worker, Id, <<_:9/binary, Payload/binary>>, State) ->
+    case State#state.mailboxes of
+        #{Id := Pid} ->
+            try binary_to_term(Payload) of
+                {Msgs, Bytes} when is_integer(Msgs), Msgs >= 0, is_integer(Bytes), Bytes >= 0 ->
+                    Pid ! {'$py_credit', self(), Msgs, Bytes};
+                Other ->
+                    logger:warning("py: dropped a CREDIT frame for mailbox ~b whose payload "
+                                   "is not {Msgs, Bytes}: ~tP", [Id, Other, 10])
+            catch
+                error:badarg ->
+                    logger:warning("py: dropped a CREDIT frame for mailbox ~b whose payload "
+                                   "does not decode", [Id])
+            end;
+        _ ->
+            %% The mailbox is gone (its MAILBOX_DOWN is on its way to
+            %% Python, or read): credit for it means nothing now.
+            ok
+    end,
+    State;
 frame(_Kind, Worker, Seq, Frame, State = #state{workers = Workers}) ->
     case Workers of
         #{Worker := {Pid, Monitor, _}} ->
@@ -287,10 +408,86 @@ frame(_Kind, Worker, Seq, Frame, State = #state{workers = Workers}) ->
                         handlers = (State#state.handlers)#{Pid => Worker}}
     end.
 
+%% SEND's Dest ! Msg: ok, or {error, Why} for badarg.
+send(Pid, Msg) when is_pid(Pid) ->
+    Pid ! Msg,
+    ok;
+send(Name, Msg) when is_binary(Name) ->
+    case py:whereis(Name) of
+        Pid when is_pid(Pid) ->
+            Pid ! Msg,
+            ok;
+        undefined ->
+            Text = case unicode:characters_to_binary(Name) of
+                       Utf8 when is_binary(Utf8) -> Utf8;
+                       _ -> io_lib:format("~w", [Name])
+                   end,
+            {error, ["no process is registered as ", Text]}
+    end;
+send({Name, Node}, Msg) when (is_atom(Name) orelse is_binary(Name)),
+                             (is_atom(Node) orelse is_binary(Node)) ->
+    try {atom(Name), atom(Node)} of
+        {RegName, Node1} when Node1 =:= node() ->
+            case erlang:whereis(RegName) of
+                Port when is_port(Port) -> ok;
+                _ -> {RegName, Node1} ! Msg, ok
+            end;
+        Dest ->
+            Dest ! Msg,
+            ok
+    catch
+        error:_ ->
+            {error, io_lib:format("not a name and node: ~tP", [{Name, Node}, 5])}
+    end;
+send(Dest, _Msg) ->
+    {error, io_lib:format("not a pid, a name or {Name, Node}: ~tP", [Dest, 5])}.
+
+%% (binary_to_atom fails on a binary that is not UTF-8, or too long.)
+atom(Name) when is_atom(Name) -> Name;
+atom(Name) -> binary_to_atom(Name, utf8).
+
+%% py:open_mailbox/2's request: spawns and monitors the mailbox process,
+%% registers it if asked, and answers ReplyTo with {ok, Pid} or
+%% {error, badarg}.  A name that cannot be registered (taken, or not valid)
+%% makes the caller fail, and the process that was to have it is killed
+%% before anyone knows it, so Python never hears of it.
+open_mailbox(ReplyTo, Id, Name, State = #state{mailboxes = Mailboxes,
+                                               mailbox_monitors = Monitors})
+  when is_integer(Id), Id > 0, Id =< 16#FFFFFFFF, not is_map_key(Id, Mailboxes),
+       (is_binary(Name) orelse Name =:= undefined) ->
+    {Pid, Monitor} = py_mailbox:start_monitor(State#state.port, Id),
+    Registered = Name =:= undefined orelse
+                     try register(binary_to_atom(Name, utf8), Pid)
+                     catch error:_ -> false
+                     end,
+    case Registered of
+        true ->
+            ReplyTo ! {ReplyTo, {ok, Pid}},
+            State#state{mailboxes = Mailboxes#{Id => Pid},
+                        mailbox_monitors = Monitors#{Monitor => Id}};
+        false ->
+            exit(Pid, kill),
+            erlang:demonitor(Monitor, [flush]),
+            ReplyTo ! {ReplyTo, {error, badarg}},
+            State
+    end;
+open_mailbox(ReplyTo, _Id, _Name, State) ->
+    ReplyTo ! {ReplyTo, {error, badarg}},
+    State.
+
+%% A mailbox process is gone: say so to Python, after the MESSAGE frames
+%% it wrote itself (each was in the port before it could die).
+down(Monitor, _Pid, Reason, State = #state{mailbox_monitors = Monitors})
+  when is_map_key(Monitor, Monitors) ->
+    #{Monitor := Id} = Monitors,
+    true = port_command(State#state.port, [<<?K_MAILBOX_DOWN, 0:32, Id:32>>,
+                                           term_to_binary(Reason)]),
+    State#state{mailboxes = maps:remove(Id, State#state.mailboxes),
+                mailbox_monitors = maps:remove(Monitor, Monitors)};
 %% A handler died without being cancelled: it was killed by someone else,
 %% or a process linked to it died, or it called exit/2 on itself.  Whatever
 %% call it was running will never be answered by it, so answer it here.
-handler_down(Monitor, _Pid, Reason, State = #state{monitors = Monitors})
+down(Monitor, _Pid, Reason, State = #state{monitors = Monitors})
   when is_map_key(Monitor, Monitors) ->
     %% An async call's process: it exits with its reply (see
     %% py_handler:start_call/1), else it was killed or taken down by a link
@@ -307,7 +504,7 @@ handler_down(Monitor, _Pid, Reason, State = #state{monitors = Monitors})
             true = port_command(State#state.port, [<<?K_ERROR, W:32, S:32>>, Error])
     end,
     forget_call(Monitor, State);
-handler_down(Monitor, Pid, Reason, State = #state{handlers = Handlers, workers = Workers}) ->
+down(Monitor, Pid, Reason, State = #state{handlers = Handlers, workers = Workers}) ->
     Worker = maps:get(Pid, Handlers, none),
     case Workers of
         #{Worker := {Pid, Monitor, Seq}} ->

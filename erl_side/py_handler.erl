@@ -92,7 +92,9 @@ handle(Frame, Port) ->
 %% The reply frame (header and payload) for the request in Frame.
 reply(<<Kind, Worker:32, Seq:32, Payload/binary>>) ->
     %% py_user reads '$py_call' from this dictionary to attribute io:format
-    %% output to the call that printed it.
+    %% output to the call that printed it, and py:call_python/2,3 to send
+    %% its CALLBACK to the Python thread that waits for this call.  It must
+    %% stay set for the whole call.
     put('$py_call', {Worker, Seq}),
     %% term_to_binary inside the try: a result that cannot be encoded
     %% (system_limit) becomes an ERROR reply, not a dead handler.

@@ -32,8 +32,15 @@
 -define(K_LOG,    20).   %% worker 0, Seq 0: #{level, msg, meta}, one logger event
                          %% (py_log_h); Python hands it to its logging module
 
-%% reserved: Erlang -> Python calls and messages
--define(K_CALLBACK,       32).
--define(K_CALLBACK_REPLY, 33).
--define(K_SEND,           34).
--define(K_MESSAGE,        35).
+%% Erlang calls Python, and messages between Erlang processes and Python
+%% (payloads in py_coordinator.erl)
+-define(K_CALLBACK,       32).   %% BEAM->Python: {Alias | undefined, Name :: binary(), Args}
+-define(K_CALLBACK_REPLY, 33).   %% Python->BEAM: {Alias, ok | error, Value}
+-define(K_SEND,           34).   %% Python->BEAM: {Dest, Msg}; OK/ERROR reply unless worker 0
+-define(K_MESSAGE,        35).   %% BEAM->Python: worker 0, Seq = mailbox Id: Msg
+-define(K_CREDIT,         36).   %% Python->BEAM: worker 0, Seq = mailbox Id: {Msgs, Bytes}
+-define(K_MAILBOX_DOWN,   37).   %% BEAM->Python: worker 0, Seq = mailbox Id: Reason
+
+%% A mailbox's window: MESSAGE frames sent and not yet credited back.
+-define(MAILBOX_WINDOW_MSGS, 1024).
+-define(MAILBOX_WINDOW_BYTES, 67108864).  %% 64 MiB
