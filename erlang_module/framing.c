@@ -61,12 +61,14 @@ header_ok(const char *h)
     uint8_t kind = (uint8_t)h[0];
     uint32_t worker = erpy_get_be32(h + 1);
     if (worker == 0)
-        return kind == ERPY_K_HELLO || kind == ERPY_K_OUTPUT || kind == ERPY_K_LOG;
+        return kind == ERPY_K_HELLO || kind == ERPY_K_OUTPUT || kind == ERPY_K_LOG ||
+               kind == ERPY_K_CALLBACK || kind == ERPY_K_MESSAGE || kind == ERPY_K_MAILBOX_DOWN;
     if (worker == ERPY_ASYNC_WORKER)
         return kind == ERPY_K_OK || kind == ERPY_K_ERROR || kind == ERPY_K_OUTPUT;
     if (worker > __atomic_load_n(&erpy_n_workers, __ATOMIC_ACQUIRE))
         return 0;
-    return kind == ERPY_K_OK || kind == ERPY_K_ERROR || kind == ERPY_K_OUTPUT;
+    return kind == ERPY_K_OK || kind == ERPY_K_ERROR || kind == ERPY_K_OUTPUT ||
+           kind == ERPY_K_CALLBACK;
 }
 
 /* Splits the complete frames at the start of buf[0..len) into new frames

@@ -441,6 +441,7 @@ erpy_helper_free(erpy_helper *b)
     free(b->rbuf);
     erpy_oq_drop_locked(b);
     free(b->ptab);   /* empty: a dead helper's calls went to their wakers */
+    free(b->mtab);   /* empty too (erpy_mbox_fail_all) */
     pthread_mutex_destroy(&b->wlock);
     pthread_mutex_destroy(&b->lock);
     pthread_mutex_destroy(&b->tail_lock);

@@ -212,3 +212,15 @@ erpy_helper_cancel(erpy_helper *b, uint32_t worker, uint32_t seq)
     pthread_mutex_unlock(&b->lock);
     erpy_oq_kick(b);
 }
+
+int
+erpy_helper_post(erpy_helper *b, char *buf, size_t len)
+{
+    int rc;
+    pthread_mutex_lock(&b->lock);
+    rc = b->dead ? EPIPE : erpy_oq_append_locked(b, buf, len, 0, 0);
+    pthread_mutex_unlock(&b->lock);
+    if (rc == 0)
+        erpy_oq_kick(b);
+    return rc;
+}

@@ -41,6 +41,10 @@ worker_release(void *p)
     erpy_worker *w = p;
     if (__atomic_load_n(&w->wait_seq, __ATOMIC_ACQUIRE) != 0)
         return;
+    if (w->nested != NULL) {
+        worker_release(w->nested);
+        w->nested = NULL;
+    }
     if (w->out.cap > 1 << 20)
         erpy_buf_free(&w->out);
     pthread_mutex_lock(&pool_lock);
@@ -50,12 +54,12 @@ worker_release(void *p)
     pthread_mutex_unlock(&pool_lock);
 }
 
-erpy_worker *
-erpy_worker_get(void)
+/* A worker from the free list, or a new one; with its pipe.  NULL with
+ * errno set. */
+static erpy_worker *
+worker_take(void)
 {
-    erpy_worker *w = pthread_getspecific(worker_key);
-    if (w != NULL)
-        return w;
+    erpy_worker *w;
     pthread_mutex_lock(&pool_lock);
     w = free_list;
     if (w != NULL) {
@@ -92,12 +96,31 @@ erpy_worker_get(void)
         errno = e;
         return NULL;
     }
+    return w;
+}
+
+erpy_worker *
+erpy_worker_get(void)
+{
+    erpy_worker *w = pthread_getspecific(worker_key);
+    if (w != NULL)
+        return w;
+    if ((w = worker_take()) == NULL)
+        return NULL;
     if (pthread_setspecific(worker_key, w) != 0) {
         worker_release(w);
         errno = ENOMEM;
         return NULL;
     }
     return w;
+}
+
+erpy_worker *
+erpy_worker_nested(erpy_worker *w)
+{
+    if (w->nested == NULL)
+        w->nested = worker_take();
+    return w->nested;
 }
 
 /* In a forked child: the parent's helper is not ours.  Forget it (without
@@ -127,6 +150,8 @@ atfork_child(void)
         w->has_reply = 0;
         w->inbox = w->inbox_tail = NULL;   /* leaked: a few frames at most */
         w->wnext = w->wprev = NULL;
+        w->in_callback = 0;
+        w->nested = NULL;   /* a forking callback's nested workers: free in the child */
         if (w != mine) {
             /* Its thread does not exist in the child, though it may have
              * been in the middle of a call in the parent. */

@@ -50,11 +50,29 @@ _Static_assert(ERPY_HEADER_SIZE == 1 + 4 + 4, "the header is Kind, Worker, Seq")
 #define ERPY_K_LOG            20    /* worker 0 only: #{level, msg, meta}, one logger event for
                                        Python's logging (see erlang_module/_logging.py) */
 
-/* reserved for Erlang -> Python calls and messages */
-#define ERPY_K_CALLBACK       32
-#define ERPY_K_CALLBACK_REPLY 33
-#define ERPY_K_SEND           34
-#define ERPY_K_MESSAGE        35
+/* Erlang calls Python, and messages (see erl_side/py_coordinator.erl) */
+#define ERPY_K_CALLBACK       32    /* BEAM -> Python: {Alias | undefined, Name :: binary(),
+                                       Args :: list()}; Worker/Seq of the waiting thread's
+                                       call whose handler called py:call_python (that thread
+                                       runs it), or 0/0 (the python_workers pool runs it) */
+#define ERPY_K_CALLBACK_REPLY 33    /* Python -> BEAM: {Alias, ok, Value} |
+                                       {Alias, error, {python, Type, Message, Traceback}} |
+                                       {Alias, error, {undefined_python_function, Name}} */
+#define ERPY_K_SEND           34    /* Python -> BEAM: {Dest, Msg}; on worker 0 no reply, on
+                                       a thread's worker OK ok | ERROR (badarg) */
+#define ERPY_K_MESSAGE        35    /* BEAM -> Python: worker 0, Seq = mailbox id; payload:
+                                       the message */
+#define ERPY_K_CREDIT         36    /* Python -> BEAM: worker 0, Seq = mailbox id;
+                                       {Messages, Bytes} taken out of the mailbox's queue */
+#define ERPY_K_MAILBOX_DOWN   37    /* BEAM -> Python: worker 0, Seq = mailbox id; the
+                                       mailbox process exited with Reason (after its last
+                                       MESSAGE) */
+
+/* A mailbox process sends at most this much that Python has not credited
+ * back (a single larger message is sent when nothing is outstanding): the
+ * bound on what a mailbox holds on the Python side. */
+#define ERPY_MAILBOX_WINDOW_MSGS  1024
+#define ERPY_MAILBOX_WINDOW_BYTES 67108864   /* 64 MiB */
 
 /* The few external-term-format bytes that frames are built from by hand
  * (the codec checks them against ei.h's ERL_*_EXT). */

@@ -52,6 +52,12 @@ typedef struct erpy_worker {
     int has_reply;
     erpy_frame *inbox, *inbox_tail;
     struct erpy_worker *wnext, *wprev;   /* the helper's waiting list */
+    int in_callback;              /* its thread runs a CALLBACK of this wait: it is
+                                     not sleeping on its pipe, so never promoted */
+    /* Owned by the thread: the worker of calls made from inside a callback
+     * this worker's wait runs (one per nesting level, made on first use,
+     * back to the pool with this one). */
+    struct erpy_worker *nested;
     /* Under the pool lock. */
     int in_use;
     struct erpy_worker *free_next;
@@ -107,6 +113,9 @@ typedef struct erpy_helper {
     /* Pending async calls, by Seq: open hash, power-of-two buckets. */
     struct erpy_pending **ptab;
     size_t pcap, n_pending;
+    /* Open mailboxes, by id (mailbox.c). */
+    struct erpy_mbox **mtab;
+    size_t mcap, n_mbox;
 } erpy_helper;
 
 #define ERPY_BG ((erpy_worker *)1)
@@ -266,11 +275,51 @@ int erpy_wait(erpy_helper *b, erpy_worker *w, uint64_t deadline_ns, int slice_ms
 void erpy_wait_abandon(erpy_helper *b, erpy_worker *w);
 void erpy_frames_free(erpy_frame *f);
 
+/* Runs a CALLBACK from w's inbox: while in_callback is set, w stays
+ * registered for its call (its reply, should it come meanwhile, waits in
+ * the inbox) but is never asked to lead. */
+void erpy_worker_callback_begin(erpy_helper *b, erpy_worker *w);
+void erpy_worker_callback_end(erpy_helper *b, erpy_worker *w);
+
+/* The worker for calls made from inside a callback that w's wait runs
+ * (w->nested, taken from the pool on first use).  NULL with errno set. */
+erpy_worker *erpy_worker_nested(erpy_worker *w);
+
+/* --- mailboxes (mailbox.c)
+ *
+ * A Python mailbox is a waker in its helper's mailbox table, under an id
+ * that the helper's MESSAGE and MAILBOX_DOWN frames carry as their Seq.
+ * Each such frame becomes an erpy_pending (seq = the id, reply = the frame)
+ * on that waker's done queue; when the helper dies, every mailbox gets one
+ * with dead = 1 and the table is emptied. */
+typedef struct erpy_mbox {
+    struct erpy_mbox *hnext;
+    uint32_t id;
+    erpy_waker *waker;
+} erpy_mbox;
+
+/* Adds a mailbox to b's table.  Returns its id (never 0), or 0 with errno
+ * set (ENOMEM; EPIPE: b is dead). */
+uint32_t erpy_mbox_open(erpy_helper *b, erpy_waker *k);
+/* Removes mailbox id from b's table (nothing if it is not there). */
+void erpy_mbox_close(erpy_helper *b, uint32_t id);
+
+/* Writes a frame of kind with Worker 0 and Seq seq (buf holds the frame,
+ * header included, its header filled here) without ever blocking: through
+ * the outbound queue when the pipe is busy.  Returns 0, ENOMEM or EPIPE. */
+int erpy_helper_post(erpy_helper *b, char *buf, size_t len);
+
 /* Output queue (helper output not tied to a waiting call, and raw stderr).
  * Waits up to timeout_ms; returns a frame (the caller frees it) or NULL. */
 erpy_frame *erpy_output_next(int timeout_ms);
 /* Wakes erpy_output_next waiters (for shutdown). */
 void erpy_output_wake(void);
+
+/* The next CALLBACK frame for the python_workers pool (py:call_python from
+ * a process that is not running a call of a waiting thread, and
+ * py:cast_python), or NULL after timeout_ms or erpy_callback_wake. */
+erpy_frame *erpy_callback_next(int timeout_ms);
+void erpy_callback_wake(void);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 static inline uint64_t

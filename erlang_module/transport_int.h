@@ -3,24 +3,26 @@
  *
  *   framing.c frame splitting and header checks: pure, no I/O, no locks
  *   pool.c    the worker pool, its pthread key, the fork handler
- *   output.c  the output queue (helper output no waiting call claims)
+ *   output.c  the output and callback queues (frames for Python threads:
+ *             output no waiting call claims, CALLBACKs for the pool)
  *   wait.c    leader/followers reading, dispatch by header, waiting
  *   outq.c    writing: wlock, the outbound queue, CANCEL
  *   async.c   wakers, the pending-call table, async submit/withdraw
+ *   mailbox.c the mailbox table: MESSAGE frames to their mailbox's waker
  *   helper.c  the helper: start/stop/free, reaping, its last words, the
  *             background and stderr threads, the current helper
  *   spawn.c   posix_spawn of the helper process
  *
  * Locks, and what each guards:
  *   helper->lock      the leader, the waiting list, workers' wait state and
- *                     inboxes, the pending table, the outbound queue's list,
+ *                     inboxes, the pending table, the mailbox table, the outbound queue's list,
  *                     hello, ready, stopping, dead/exit_status/why,
  *                     threads_running, closed
  *   helper->wlock     writes to the helper's stdin, and to_fd itself (closed
  *                     and set to -1 under it by erpy_helper_stop)
  *   helper->tail_lock the captured stderr (head, tail, err_total, err_eof)
  *   pool_lock         the pool's free list and growing it (pool.c)
- *   out_lock          the output queue (output.c)
+ *   a queue's lock    the output queue, the callback queue (output.c)
  *   current_lock      serialises writers of the current-helper pointer
  *                     (helper.c); readers load it atomically
  *   a waker's lock    its done queue and `signalled` (async.c)
@@ -30,7 +32,8 @@
  *                                outbound queue (also reached from
  *                                erpy_oq_kick: erpy_helper_write,
  *                                erpy_helper_cancel, the background thread)
- *   helper->lock -> out_lock     dispatch -> erpy_output_push
+ *   helper->lock -> a queue lock dispatch -> erpy_output_push,
+ *                                erpy_callback_push (output.c)
  *   helper->lock -> waker lock   dispatch and mark_dead -> erpy_waker_push
  * tail_lock, pool_lock and current_lock are leaves: nothing is taken while
  * one is held, and none is taken under another lock.  Nobody takes wlock
@@ -185,7 +188,9 @@ erpy_worker_by_id(uint32_t id)
 
 /* Queues f for the output pump (or drops it when the queue is full). */
 void erpy_output_push(erpy_frame *f);
-/* In a forked child: an empty queue, a fresh lock. */
+/* Queues a CALLBACK frame for the python_workers pool (never dropped). */
+void erpy_callback_push(erpy_frame *f);
+/* In a forked child: empty queues (output and callbacks), fresh locks. */
 void erpy_output_after_fork(void);
 
 /* ------------------------------------------------------------- wait.c */
@@ -212,6 +217,11 @@ int erpy_waker_push(erpy_pending *p);
 erpy_pending *erpy_ptab_remove(erpy_helper *b, uint32_t seq);
 /* Finishes every pending call of b as dead (the helper died).  Lock held. */
 void erpy_pending_fail_all(erpy_helper *b);
+
+/* ---------------------------------------------------------- mailbox.c */
+
+int erpy_mbox_deliver(erpy_helper *b, erpy_frame *f);
+void erpy_mbox_fail_all(erpy_helper *b);
 
 /* ----------------------------------------------------------- helper.c */
 

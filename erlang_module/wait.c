@@ -53,7 +53,7 @@ erpy_promote(erpy_helper *b, erpy_worker *except)
     ERPY_ASSERT_LOCKED(&b->lock);
     ERPY_ASSERT(b->leader == NULL);
     for (erpy_worker *x = b->waiting; x; x = x->wnext) {
-        if (x != except && !x->has_reply)
+        if (x != except && !x->has_reply && !x->in_callback)
             return x->pipe_w;
     }
     /* No thread to lead, but async calls wait for replies: the background
@@ -101,8 +101,10 @@ mark_dead(erpy_helper *b, int status, const char *why)
         snprintf(b->why, sizeof b->why, "%s", why);
     for (erpy_worker *x = b->waiting; x; x = x->wnext)
         erpy_wake_fd(x->pipe_w);
-    /* Every async call of this helper fails now. */
+    /* Every async call of this helper fails now, and every mailbox learns
+     * that nothing more will come. */
     erpy_pending_fail_all(b);
+    erpy_mbox_fail_all(b);
     erpy_wake_fd(b->bg_pipe[1]);
     pthread_cond_broadcast(&b->cond);
 }
@@ -122,6 +124,10 @@ dispatch(erpy_helper *b, erpy_frame *f, erpy_worker *self)
             pthread_cond_broadcast(&b->cond);
         } else if (f->kind == ERPY_K_OUTPUT || f->kind == ERPY_K_LOG) {
             erpy_output_push(f);   /* the output pump prints it or hands it to logging */
+        } else if (f->kind == ERPY_K_CALLBACK) {
+            erpy_callback_push(f);   /* for the python_workers pool */
+        } else if (f->kind == ERPY_K_MESSAGE || f->kind == ERPY_K_MAILBOX_DOWN) {
+            return erpy_mbox_deliver(b, f);
         } else {
             free(f);
         }
@@ -145,7 +151,9 @@ dispatch(erpy_helper *b, erpy_frame *f, erpy_worker *self)
     erpy_worker *w = erpy_worker_by_id(f->worker);
     if (w == NULL || w->wait_helper != b || w->wait_seq != f->seq || w->has_reply) {
         /* Stale (timed out, cancelled, or duplicate) or unknown worker.
-         * Output is still shown; anything else is dropped. */
+         * Output is still shown; anything else is dropped (a CALLBACK
+         * too: the call it came from was cancelled, which killed the
+         * process waiting for its answer). */
         if (f->kind == ERPY_K_OUTPUT)
             erpy_output_push(f);
         else
@@ -157,8 +165,11 @@ dispatch(erpy_helper *b, erpy_frame *f, erpy_worker *self)
     else
         w->inbox = f;
     w->inbox_tail = f;
-    if (f->kind != ERPY_K_OUTPUT)
-        w->has_reply = 1;   /* OK, ERROR, or a kind we do not know: it ends the call */
+    /* OK, ERROR, or a kind we do not know ends the call; OUTPUT and a
+     * CALLBACK (py:call_python from the call's own process, which the
+     * waiting thread runs) come before its end. */
+    if (f->kind != ERPY_K_OUTPUT && f->kind != ERPY_K_CALLBACK)
+        w->has_reply = 1;
     return w != self ? w->pipe_w : -1;
 }
 
@@ -503,4 +514,20 @@ erpy_wait_abandon(erpy_helper *b, erpy_worker *w)
     /* A wake-up byte may be left over (or still come from a leader that
      * dispatched before the deregistration): harmless, the next wait sees
      * a stale wake-up and checks again. */
+}
+
+void
+erpy_worker_callback_begin(erpy_helper *b, erpy_worker *w)
+{
+    pthread_mutex_lock(&b->lock);
+    w->in_callback = 1;
+    pthread_mutex_unlock(&b->lock);
+}
+
+void
+erpy_worker_callback_end(erpy_helper *b, erpy_worker *w)
+{
+    pthread_mutex_lock(&b->lock);
+    w->in_callback = 0;
+    pthread_mutex_unlock(&b->lock);
 }

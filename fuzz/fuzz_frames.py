@@ -23,6 +23,7 @@ with atheris.instrument_imports():
 
 OK, ERROR, HELLO, OUTPUT, LOG = (_erlang.K_OK, _erlang.K_ERROR, _erlang.K_HELLO, _erlang.K_OUTPUT,
                                _erlang.K_LOG)
+CALLBACK, MESSAGE, MAILBOX_DOWN = _erlang.K_CALLBACK, _erlang.K_MESSAGE, _erlang.K_MAILBOX_DOWN
 ASYNC_WORKER = _erlang.ASYNC_WORKER      # the channel of async calls
 N_WORKERS = 4
 
@@ -65,11 +66,12 @@ def TestOneInput(data):
         raise AssertionError("frames do not match their bytes")
     for kind, worker, seq, payload in frames:
         if worker == 0:
-            assert kind in (HELLO, OUTPUT, LOG), (kind, worker)
+            assert kind in (HELLO, OUTPUT, LOG, CALLBACK, MESSAGE, MAILBOX_DOWN), (kind, worker)
         elif worker == ASYNC_WORKER:
             assert kind in (OK, ERROR, OUTPUT), (kind, worker)
         else:
-            assert 1 <= worker <= max(N_WORKERS, 1) and kind in (OK, ERROR, OUTPUT), (kind, worker)
+            assert 1 <= worker <= max(N_WORKERS, 1), (kind, worker)
+            assert kind in (OK, ERROR, OUTPUT, CALLBACK), (kind, worker)
         try:
             erlang.binary_to_term(payload)
         except (ValueError, RecursionError, TypeError):   # as in fuzz_codec.py

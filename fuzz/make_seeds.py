@@ -60,6 +60,11 @@ def main(codec_dir, frames_dir):
     log = erlang.term_to_binary({erlang.Atom("level"): erlang.Atom("warning"), erlang.Atom("msg"): "x",
                                  erlang.Atom("meta"): {}})
     write(frames_dir, frame(_erlang.K_LOG, 0, 0, log))
+    # Callbacks (to a waiting worker and to the pool) and mailbox traffic.
+    cb = erlang.term_to_binary((erlang.Atom("undefined"), "f", [1, 2]))
+    write(frames_dir, frame(_erlang.K_CALLBACK, 0, 0, cb) + frame(_erlang.K_CALLBACK, 1, 3, cb))
+    write(frames_dir, frame(_erlang.K_MESSAGE, 0, 7, output)
+          + frame(_erlang.K_MAILBOX_DOWN, 0, 7, erlang.term_to_binary(erlang.Atom("killed"))))
     # The async channel: replies by Seq, output, and a cut frame.
     aw = _erlang.ASYNC_WORKER
     write(frames_dir, frame(OK, aw, 5, output) + frame(OUTPUT, aw, 5, output)

@@ -317,7 +317,7 @@ PROTOCOL_ERRORS = [
     ("shorter-than-header", [raw(b"\x10\x00\x00")]),
     ("header-only-8-bytes", [raw(b"\x10" + b"\x00" * 7)]),
     ("unknown-kind-own-worker", [(99, 0, 0, b"\x83\x6a")]),
-    ("reserved-kind-own-worker", [(32, 0, 0, b"\x83\x6a")]),
+    ("reply-kind-only-python-sends-own-worker", [(33, 0, 0, b"\x83\x6a")]),
     ("cancel-kind-own-worker", [(4, 0, 0, b"\x83\x6a")]),
 ]
 

@@ -77,8 +77,9 @@ def test_protocol_h_defines_the_kinds_and_header():
     assert c["HEADER_SIZE"] == 9
     assert c["ASYNC_WORKER"] == 0xFFFFFFFF
     kinds = {k: v for k, v in c.items() if k.startswith("K_")}
-    assert len(kinds) == 16
+    assert len(kinds) == 18
     assert len(set(kinds.values())) == len(kinds), "two kinds share a value"
+    assert c["MAILBOX_WINDOW_MSGS"] == 1024 and c["MAILBOX_WINDOW_BYTES"] == 64 << 20
 
 
 def test_erlang_header_matches_protocol_h():
@@ -88,13 +89,16 @@ def test_erlang_header_matches_protocol_h():
     assert kinds_e == kinds_c
     assert e["PY_PROTOCOL_VERSION"] == c["PROTOCOL_VERSION"]
     assert e["ASYNC_WORKER"] == c["ASYNC_WORKER"]
+    for name in ("MAILBOX_WINDOW_MSGS", "MAILBOX_WINDOW_BYTES"):
+        assert e[name] == c[name], name
 
 
 def test_extension_exports_protocol_h():
     from erlang import _erlang
     c = protocol_h()
     for name, value in c.items():
-        if name.startswith("K_") or name in ("PROTOCOL_VERSION", "HEADER_SIZE", "ASYNC_WORKER"):
+        if name.startswith("K_") or name in ("PROTOCOL_VERSION", "HEADER_SIZE", "ASYNC_WORKER",
+                                             "MAILBOX_WINDOW_MSGS", "MAILBOX_WINDOW_BYTES"):
             assert getattr(_erlang, name) == value, name
     # Never on the wire: outside the 8-bit kinds the protocol uses.
     assert _erlang.K_RAW_STDERR == 255 and 255 not in c.values()
