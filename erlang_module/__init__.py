@@ -30,6 +30,8 @@ _erlang._init_runtime(
 
 from ._erlang import binary_to_term, call, is_running, term_to_binary  # noqa: E402
 from ._async import apply_async, call_async, map  # noqa: E402
+from ._callbacks import export, exported, unexport  # noqa: E402
+from ._mailbox import Mailbox, MailboxClosed, send, whereis  # noqa: E402
 
 # Request kinds (erlang_module/protocol.h)
 _K_APPLY = _erlang.K_APPLY
@@ -124,7 +126,7 @@ def load_module(path_or_source, timeout=None):
 
 def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
           call_timeout=None, binaries="str", on_start=None, env=None,
-          after_fork="restart", elixir=False):
+          after_fork="restart", elixir=False, python_workers=8):
     """Starts the helper explicitly (otherwise the first call starts it with
     the default options).  Keyword options:
 
@@ -147,6 +149,9 @@ def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
                       and None encodes as ``nil`` (``undefined`` stays an
                       Atom), and Elixir exceptions carry Elixir's message.
                       FileNotFoundError if there is no Elixir there.
+    ``python_workers`` threads that run Python exports called from Erlang
+                      processes other than a waiting call's own (spawned
+                      processes, timers, ``py:cast_python``; default 8)
 
     After the helper dies, the next call starts a new one with the same
     options; the options of a start that failed are kept too.
@@ -163,7 +168,8 @@ def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
     """
     _helper.start(erl=erl, args=args, code_path=code_path, modules=modules,
                   timeout=timeout, call_timeout=call_timeout, binaries=binaries,
-                  on_start=on_start, env=env, after_fork=after_fork, elixir=elixir)
+                  on_start=on_start, env=env, after_fork=after_fork, elixir=elixir,
+                  python_workers=python_workers)
 
 
 def stop(timeout=5.0):
@@ -201,13 +207,15 @@ def info():
 # The public classes are erlang.X wherever they are defined: tracebacks and
 # reprs show the name users import (pickle finds them there too).
 for _cls in (Atom, BitString, Fun, ImproperList, Pid, Port, Reference,
-             CallTimeout, Error, HelperExited, UndefinedFunction):
+             CallTimeout, Error, HelperExited, UndefinedFunction, Mailbox, MailboxClosed):
     _cls.__module__ = __name__
 del _cls
 
 __all__ = [
     "Atom", "BitString", "CallTimeout", "Error", "Fun", "HelperExited",
-    "ImproperList", "Pid", "Port", "Reference", "UndefinedFunction",
-    "apply", "apply_async", "binary_to_term", "call", "call_async", "eval", "info",
-    "is_running", "load_module", "map", "start", "stop", "term_to_binary",
+    "ImproperList", "Mailbox", "MailboxClosed", "Pid", "Port", "Reference",
+    "UndefinedFunction",
+    "apply", "apply_async", "binary_to_term", "call", "call_async", "eval", "export",
+    "exported", "info", "is_running", "load_module", "map", "send", "start", "stop",
+    "term_to_binary", "unexport", "whereis",
 ]

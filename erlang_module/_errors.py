@@ -32,7 +32,10 @@ def _mfa(mod, fun, arity):
 # Frames of the interpreter and of the helper itself say nothing about where
 # the user's code failed; messages name the first frame outside them.
 _MACHINERY = frozenset(["erl_eval", "py_handler", "py_coordinator"])
-_MACHINERY_FUNS = frozenset([("py", "eval"), ("py", "eval_sequences"), ("py", "load_source")])
+_MACHINERY_FUNS = frozenset([("py", "eval"), ("py", "eval_sequences"), ("py", "load_source"),
+                             ("py", "call_python"), ("py", "wait_python"),
+                             ("py", "python_answer"), ("py", "callback"),
+                             ("py", "mailbox_request")])
 
 
 def _where(frames):

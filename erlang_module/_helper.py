@@ -24,7 +24,7 @@ EBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "priv", "ebin")
 
 _ALLOWED = {
     "erl", "args", "code_path", "modules", "timeout", "call_timeout",
-    "binaries", "on_start", "env", "after_fork", "elixir",
+    "binaries", "on_start", "env", "after_fork", "elixir", "python_workers",
 }
 
 _lock = threading.RLock()      # start/stop/autostart
@@ -154,6 +154,12 @@ def _check(options):
                         "Elixir's `elixir`, not %s" % type(ex).__name__)
     if isinstance(ex, (str, bytes)) and not ex:
         raise ValueError("start option 'elixir': empty path")
+    pw = options.get("python_workers", 8)
+    if isinstance(pw, bool) or not isinstance(pw, int):
+        raise TypeError("start option 'python_workers' must be an int, not %s"
+                        % type(pw).__name__)
+    if pw < 1:
+        raise ValueError("start option 'python_workers' must be >= 1")
 
 
 def _is_number(v):
@@ -293,6 +299,8 @@ def _start_locked_2(options):
     )
     _info = _make_info(hello, argv[0], started_at, time.monotonic() - t0)
     _ensure_pump()
+    from . import _callbacks
+    _callbacks.ensure_pool(options.get("python_workers", 8))
     try:
         from . import load_module
 

@@ -24,6 +24,8 @@ typedef struct {
     PyObject *make_exited;    /* (status, why, stderr_tail) -> HelperExited instance */
     PyObject *write_output;   /* (stream, data) -> None */
     PyObject *CallTimeout;    /* class */
+    PyObject *run_callback;   /* (alias, name, args) -> bytes | None: runs an export
+                                 (erlang/_callbacks.py), the CALLBACK_REPLY payload */
     PyTypeObject *Waker;      /* heap type of async calls' wakers */
     /* Start options in force (written under the GIL). */
     double call_timeout;      /* seconds; < 0: none */
@@ -475,7 +477,7 @@ finish(module_state *st, erpy_frame *frames)
     for (erpy_frame *f = frames; f; f = f->next) {
         if (f->kind == ERPY_K_OUTPUT)
             show_output(st, f);
-        else
+        else if (f->kind != ERPY_K_CALLBACK)   /* one the call no longer waits for */
             reply = f;
     }
     if (reply == NULL) {
@@ -514,6 +516,82 @@ static inline int
 begin_frame(erpy_worker *w, int kind)
 {
     return begin_frame_in(&w->out, kind);
+}
+
+/* Writes a frame of kind on (worker, seq) with payload (an ETF term,
+ * version byte included), releasing the GIL while it waits for the
+ * channel.  Returns 0 or -1 with an exception set (out of memory; a helper
+ * that is gone is not an error here: its reader reports it). */
+static int
+write_frame(erpy_helper *b, int kind, uint32_t worker, uint32_t seq, const char *payload,
+            size_t plen)
+{
+    erpy_buf out = {0};
+    if (erpy_buf_reserve(&out, 4 + ERPY_HEADER_SIZE + plen) < 0)
+        return -1;
+    erpy_put_be32(out.data, (uint32_t)(ERPY_HEADER_SIZE + plen));
+    out.data[4] = (char)kind;
+    erpy_put_be32(out.data + 5, worker);
+    erpy_put_be32(out.data + 9, seq);
+    memcpy(out.data + 4 + ERPY_HEADER_SIZE, payload, plen);
+    out.len = 4 + ERPY_HEADER_SIZE + plen;
+    Py_BEGIN_ALLOW_THREADS
+    (void)erpy_helper_write(b, out.data, out.len, UINT64_MAX);
+    Py_END_ALLOW_THREADS
+    erpy_buf_free(&out);
+    return 0;
+}
+
+/* Runs the CALLBACK in f for its sender, the process running this thread's
+ * call on w: the export runs here, on this thread (st->run_callback), and
+ * its CALLBACK_REPLY goes out on (w, f->seq).  Returns 0, or -1 when the
+ * callback raised something that must unwind the waiting call as well
+ * (run_callback lets only BaseExceptions that are not Exceptions through:
+ * KeyboardInterrupt, SystemExit). */
+static int
+run_callback_frame(module_state *st, erpy_helper *b, erpy_worker *w, erpy_frame *f)
+{
+    PyObject *t = decode_payload(st, f->payload, f->plen);
+    if (t == NULL || !PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3 || st->run_callback == NULL) {
+        /* Not a CALLBACK we can answer (the Erlang side always sends a
+         * 3-tuple): its sender is left to its timeout. */
+        Py_XDECREF(t);
+        PyErr_WriteUnraisable(NULL);
+        return 0;
+    }
+    erpy_worker_callback_begin(b, w);
+    PyObject *reply = PyObject_CallFunctionObjArgs(st->run_callback, PyTuple_GET_ITEM(t, 0),
+                                                   PyTuple_GET_ITEM(t, 1),
+                                                   PyTuple_GET_ITEM(t, 2), NULL);
+    erpy_worker_callback_end(b, w);
+    Py_DECREF(t);
+    if (reply == NULL)
+        return -1;
+    int rc = 0;
+    if (PyBytes_Check(reply))
+        rc = write_frame(b, ERPY_K_CALLBACK_REPLY, w->id, f->seq, PyBytes_AS_STRING(reply),
+                         (size_t)PyBytes_GET_SIZE(reply));
+    Py_DECREF(reply);
+    return rc;
+}
+
+/* The frames of a wait that has not ended (ERPY_W_OUTPUT): output is shown,
+ * callbacks are run.  Consumes frames.  Returns 0, or -1 with an exception
+ * that must end the call. */
+static int
+inbox_frames(module_state *st, erpy_helper *b, erpy_worker *w, erpy_frame *frames)
+{
+    int rc = 0;
+    for (erpy_frame *x = frames; x; x = x->next) {
+        if (x->kind == ERPY_K_CALLBACK) {
+            if (rc == 0 && run_callback_frame(st, b, w, x) < 0)
+                rc = -1;
+        } else if (x->kind == ERPY_K_OUTPUT) {
+            show_output(st, x);
+        }
+    }
+    erpy_frames_free(frames);
+    return rc;
 }
 
 /* Sends the frame in w->out to b and waits for its reply until the deadline
@@ -555,9 +633,13 @@ roundtrip(module_state *st, erpy_helper *b, erpy_worker *w, const call_limit *li
         case ERPY_W_REPLY:
             return finish(st, f);
         case ERPY_W_OUTPUT:
-            for (erpy_frame *x = f; x; x = x->next)
-                show_output(st, x);
-            erpy_frames_free(f);
+            if (inbox_frames(st, b, w, f) < 0) {
+                /* The callback raised what must unwind this call too
+                 * (KeyboardInterrupt, SystemExit): abandon it. */
+                erpy_wait_abandon(b, w);
+                send_cancel(b, w, seq);
+                return NULL;
+            }
             break;
         case ERPY_W_DEAD_BEFORE_SEND:
             return raise_exited(st, b, NULL);
@@ -640,6 +722,11 @@ static erpy_worker *
 my_worker(void)
 {
     erpy_worker *w = erpy_worker_get();
+    /* Inside a callback that a wait of this thread runs (py:call_python
+     * from the call's own process), calls go out on the next level's
+     * worker: the level below still waits for its reply. */
+    while (w != NULL && w->busy && w->in_callback)
+        w = erpy_worker_nested(w);
     if (w == NULL) {
         PyErr_SetFromErrno(PyExc_OSError);
         return NULL;
@@ -732,7 +819,7 @@ m_request(PyObject *module, PyObject *args)
     PyObject *payload, *timeout;
     if (!PyArg_ParseTuple(args, "iOO:_request", &kind, &payload, &timeout))
         return NULL;
-    if (kind != ERPY_K_APPLY && kind != ERPY_K_EVAL && kind != ERPY_K_CALL) {
+    if (kind != ERPY_K_APPLY && kind != ERPY_K_EVAL && kind != ERPY_K_CALL && kind != ERPY_K_SEND) {
         PyErr_SetString(PyExc_ValueError, "bad request kind");
         return NULL;
     }
@@ -841,8 +928,11 @@ discard_calls(erpy_pending *p)
 {
     while (p) {
         erpy_pending *n = p->dnext;
-        Py_DECREF((PyObject *)p->ctx);
-        helper_unref(p->helper);
+        if (p->ctx != NULL) {
+            /* An async call's (a mailbox's entries hold neither). */
+            Py_DECREF((PyObject *)p->ctx);
+            helper_unref(p->helper);
+        }
         erpy_pending_free(p);
         p = n;
     }
@@ -1425,6 +1515,264 @@ m_wake_output(PyObject *module, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------ callbacks and mailboxes */
+
+/* _set_callback_runner(fn): fn(alias, name, args) -> bytes | None runs an
+ * export and returns the CALLBACK_REPLY payload (None: a cast, no reply). */
+static PyObject *
+m_set_callback_runner(PyObject *module, PyObject *fn)
+{
+    module_state *st = get_state(module);
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "the callback runner must be callable");
+        return NULL;
+    }
+    Py_INCREF(fn);
+    Py_XSETREF(st->run_callback, fn);
+    Py_RETURN_NONE;
+}
+
+/* _next_callback(timeout) -> (worker, seq, alias, name, args) | None: the
+ * next CALLBACK for the python_workers pool; None after timeout seconds,
+ * or at once after _wake_callbacks().  An undecodable one is skipped (its
+ * sender is left to its timeout) with a warning. */
+static PyObject *
+m_next_callback(PyObject *module, PyObject *arg)
+{
+    module_state *st = get_state(module);
+    double t = PyFloat_AsDouble(arg);
+    if (t == -1.0 && PyErr_Occurred())
+        return NULL;
+    erpy_frame *f;
+    Py_BEGIN_ALLOW_THREADS
+    f = erpy_callback_next(t <= 0 ? 0 : (int)(t * 1000));
+    Py_END_ALLOW_THREADS
+    if (f == NULL)
+        Py_RETURN_NONE;
+    PyObject *v = decode_payload(st, f->payload, f->plen);
+    PyObject *r = NULL;
+    if (v != NULL && PyTuple_Check(v) && PyTuple_GET_SIZE(v) == 3)
+        r = Py_BuildValue("(IIOOO)", (unsigned)f->worker, (unsigned)f->seq,
+                          PyTuple_GET_ITEM(v, 0), PyTuple_GET_ITEM(v, 1), PyTuple_GET_ITEM(v, 2));
+    else if (v != NULL)
+        PyErr_SetString(PyExc_ValueError, "malformed CALLBACK frame from the helper");
+    Py_XDECREF(v);
+    free(f);
+    return r;
+}
+
+static PyObject *
+m_wake_callbacks(PyObject *module, PyObject *unused)
+{
+    erpy_callback_wake();
+    Py_RETURN_NONE;
+}
+
+/* The current helper with a reference, or NULL (none running; no
+ * exception set). */
+static erpy_helper *
+running_helper(void)
+{
+    erpy_helper *b = erpy_helper_current();
+    if (b == NULL || b->dead)
+        return NULL;
+    b->refs++;
+    return b;
+}
+
+/* _write_frame(kind, worker, seq, payload: bytes) -> bool: writes a frame to
+ * the current helper, waiting (GIL released) while the channel is busy;
+ * False when no helper runs.  For CALLBACK_REPLY and SEND. */
+static PyObject *
+m_write_frame(PyObject *module, PyObject *args)
+{
+    int kind;
+    unsigned worker, seq;
+    Py_buffer payload;
+    if (!PyArg_ParseTuple(args, "iIIy*:_write_frame", &kind, &worker, &seq, &payload))
+        return NULL;
+    erpy_helper *b = running_helper();
+    int rc = 0;
+    if (b != NULL) {
+        rc = write_frame(b, kind, worker, seq, payload.buf, (size_t)payload.len);
+        helper_unref(b);
+    }
+    PyBuffer_Release(&payload);
+    if (rc < 0)
+        return NULL;
+    return PyBool_FromLong(b != NULL);
+}
+
+/* _post_frame(kind, seq, payload: bytes) -> bool: the same on worker 0
+ * without ever blocking (the outbound queue), for an event loop (CREDIT). */
+static PyObject *
+m_post_frame(PyObject *module, PyObject *args)
+{
+    int kind;
+    unsigned seq;
+    Py_buffer payload;
+    if (!PyArg_ParseTuple(args, "iIy*:_post_frame", &kind, &seq, &payload))
+        return NULL;
+    erpy_helper *b = running_helper();
+    int ok = b != NULL;
+    if (b != NULL) {
+        size_t len = 4 + ERPY_HEADER_SIZE + (size_t)payload.len;
+        char *frame = PyMem_RawMalloc(len);
+        if (frame == NULL) {
+            helper_unref(b);
+            PyBuffer_Release(&payload);
+            return PyErr_NoMemory();
+        }
+        erpy_put_be32(frame, (uint32_t)(len - 4));
+        frame[4] = (char)kind;
+        erpy_put_be32(frame + 5, 0);
+        erpy_put_be32(frame + 9, seq);
+        memcpy(frame + 4 + ERPY_HEADER_SIZE, payload.buf, (size_t)payload.len);
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = erpy_helper_post(b, frame, len);
+        Py_END_ALLOW_THREADS
+        PyMem_RawFree(frame);
+        helper_unref(b);
+        if (rc == ENOMEM) {
+            PyBuffer_Release(&payload);
+            return PyErr_NoMemory();
+        }
+        ok = rc == 0;
+    }
+    PyBuffer_Release(&payload);
+    return PyBool_FromLong(ok);
+}
+
+static erpy_waker *
+waker_arg(module_state *st, PyObject *o)
+{
+    if (!PyObject_TypeCheck(o, st->Waker)) {
+        PyErr_SetString(PyExc_TypeError, "expected a Waker");
+        return NULL;
+    }
+    WakerObject *wo = (WakerObject *)o;
+    if (wo->k == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the waker is closed");
+        return NULL;
+    }
+    return wo->k;
+}
+
+/* A mailbox's reference to its helper: valid as long as the mailbox holds
+ * the capsule (its dead entry names the helper's exit). */
+static void
+helper_capsule_free(PyObject *cap)
+{
+    erpy_helper *b = PyCapsule_GetPointer(cap, "erlang.helper");
+    if (b != NULL)
+        helper_unref(b);
+}
+
+/* _mbox_open(waker) -> (id, helper): a mailbox of the current helper
+ * (started if none runs, as a call would start it) whose messages go to
+ * waker; `helper` is a capsule holding a reference to that helper, for
+ * _mbox_close. */
+static PyObject *
+m_mbox_open(PyObject *module, PyObject *arg)
+{
+    module_state *st = get_state(module);
+    erpy_waker *k = waker_arg(st, arg);
+    if (k == NULL)
+        return NULL;
+    call_limit lim;
+    if (call_limit_of(st, NULL, &lim) < 0)
+        return NULL;
+    erpy_helper *b = live_helper(st, &lim);
+    if (b == NULL)
+        return NULL;
+    uint32_t id;
+    Py_BEGIN_ALLOW_THREADS
+    id = erpy_mbox_open(b, k);
+    Py_END_ALLOW_THREADS
+    if (id == 0) {
+        if (errno == EPIPE)
+            raise_exited(st, b, NULL);
+        else
+            PyErr_SetFromErrno(PyExc_OSError);
+        helper_unref(b);
+        return NULL;
+    }
+    PyObject *cap = PyCapsule_New(b, "erlang.helper", helper_capsule_free);
+    if (cap == NULL) {
+        erpy_mbox_close(b, id);
+        helper_unref(b);
+        return NULL;
+    }
+    return Py_BuildValue("(kN)", (unsigned long)id, cap);
+}
+
+/* _mbox_close(helper, id): nothing more is delivered to mailbox id. */
+static PyObject *
+m_mbox_close(PyObject *module, PyObject *args)
+{
+    PyObject *cap;
+    unsigned long id;
+    if (!PyArg_ParseTuple(args, "Ok:_mbox_close", &cap, &id))
+        return NULL;
+    erpy_helper *b = PyCapsule_GetPointer(cap, "erlang.helper");
+    if (b == NULL)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    erpy_mbox_close(b, (uint32_t)id);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* _mbox_take(waker) -> [(tag, value, nbytes)]: what reached a mailbox
+ * since the last take, in order: tag 0 a message, 1 a message that could
+ * not be decoded (value: the ValueError), 2 the mailbox process exited
+ * (value: its reason), 3 the helper died (value: the HelperExited). */
+static PyObject *
+m_mbox_take(PyObject *module, PyObject *arg)
+{
+    module_state *st = get_state(module);
+    erpy_waker *k = waker_arg(st, arg);
+    if (k == NULL)
+        return NULL;
+    erpy_pending *p;
+    Py_BEGIN_ALLOW_THREADS
+    p = erpy_waker_take(k);
+    Py_END_ALLOW_THREADS
+    PyObject *res = PyList_New(0);
+    while (p) {
+        erpy_pending *n = p->dnext;
+        int tag;
+        Py_ssize_t nbytes = 0;
+        PyObject *value;
+        if (p->dead) {
+            tag = 3;
+            raise_exited(st, p->helper, NULL);
+        } else {
+            tag = p->reply->kind == ERPY_K_MESSAGE ? 0 : 2;
+            nbytes = (Py_ssize_t)p->reply->plen;
+            value = decode_payload(st, p->reply->payload, p->reply->plen);
+            if (value == NULL && tag == 0)
+                tag = 1;
+        }
+        if (tag == 1 || tag == 3 || (tag == 2 && value == NULL)) {
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            Py_XDECREF(et);
+            Py_XDECREF(tb);
+            value = ev;
+        }
+        PyObject *t = value ? Py_BuildValue("(iNn)", tag, value, nbytes) : NULL;
+        if (t == NULL || res == NULL || PyList_Append(res, t) < 0)
+            Py_CLEAR(res);
+        Py_XDECREF(t);
+        erpy_pending_free(p);
+        p = n;
+    }
+    return res;
+}
+
 /* ------------------------------------------------------------------ module */
 
 /* The public functions' docstrings start with a __text_signature__ line
@@ -1522,6 +1870,16 @@ static PyMethodDef erpy_methods[] = {
     {"_next_output", m_next_output, METH_O, "_next_output(timeout) -> (kind, bytes) | None"},
     {"_parse_frames", m_parse_frames, METH_O, "_parse_frames(data) -> [(kind, worker, seq, payload)]"},
     {"_wake_output", m_wake_output, METH_NOARGS, "_wake_output()"},
+    {"_set_callback_runner", m_set_callback_runner, METH_O, "_set_callback_runner(fn)"},
+    {"_next_callback", m_next_callback, METH_O,
+     "_next_callback(timeout) -> (worker, seq, alias, name, args) | None"},
+    {"_wake_callbacks", m_wake_callbacks, METH_NOARGS, "_wake_callbacks()"},
+    {"_write_frame", m_write_frame, METH_VARARGS,
+     "_write_frame(kind, worker, seq, payload) -> bool"},
+    {"_post_frame", m_post_frame, METH_VARARGS, "_post_frame(kind, seq, payload) -> bool"},
+    {"_mbox_open", m_mbox_open, METH_O, "_mbox_open(waker) -> (id, helper)"},
+    {"_mbox_close", m_mbox_close, METH_VARARGS, "_mbox_close(helper, id)"},
+    {"_mbox_take", m_mbox_take, METH_O, "_mbox_take(waker) -> [(tag, value, nbytes)]"},
     {"_submit_call", (PyCFunction)(void (*)(void))m_submit_call, METH_FASTCALL,
      "_submit_call(waker, ctx, name, *args) -> seq | None"},
     {"_submit", (PyCFunction)(void (*)(void))m_submit, METH_FASTCALL,
@@ -1546,6 +1904,7 @@ erpy_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->make_error);
     Py_VISIT(st->make_exited);
     Py_VISIT(st->write_output);
+    Py_VISIT(st->run_callback);
     Py_VISIT(st->CallTimeout);
     Py_VISIT(st->Waker);
     return 0;
@@ -1567,6 +1926,7 @@ erpy_clear(PyObject *m)
     Py_CLEAR(st->make_error);
     Py_CLEAR(st->make_exited);
     Py_CLEAR(st->write_output);
+    Py_CLEAR(st->run_callback);
     Py_CLEAR(st->CallTimeout);
     Py_CLEAR(st->Waker);
     return 0;
@@ -1615,6 +1975,10 @@ erpy_exec(PyObject *m)
         {"K_CALLBACK_REPLY", ERPY_K_CALLBACK_REPLY},
         {"K_SEND", ERPY_K_SEND},
         {"K_MESSAGE", ERPY_K_MESSAGE},
+        {"K_CREDIT", ERPY_K_CREDIT},
+        {"K_MAILBOX_DOWN", ERPY_K_MAILBOX_DOWN},
+        {"MAILBOX_WINDOW_MSGS", ERPY_MAILBOX_WINDOW_MSGS},
+        {"MAILBOX_WINDOW_BYTES", ERPY_MAILBOX_WINDOW_BYTES},
         {"K_RAW_STDERR", ERPY_K_RAW_STDERR},
     };
     for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {

@@ -63,3 +63,18 @@ def test_asyncio_fanout_example_runs_1000_calls_at_once_and_cancels_one():
     assert "the cancelled call's Erlang process is gone: True" in out
     assert "CallTimeout: no reply within timeout=0.2 s" in out
     assert "gathered: [[1, 2, 3], 'Error']" in out
+
+
+def test_callbacks_example_calls_python_from_erlang_both_ways():
+    out = run_example("callbacks.py")
+    assert "area from Erlang: 42" in out
+    assert "fib(12), recursing through both sides: 144" in out
+    assert "a call's own process calls back on: MainThread" in out
+    assert "a spawned process calls back on: erlang-python-worker" in out
+    assert "a Python exception in Erlang: ('ValueError', 'no good: 3')" in out
+
+
+def test_pubsub_example_feeds_a_mailbox_read_from_asyncio():
+    out = run_example("pubsub.py")
+    assert "events by topic: {'alerts': 100, 'orders': 100, 'prices': 100}" in out
+    assert "subscribers left: 0" in out

@@ -28,6 +28,11 @@ EXPECTED = {
                     ("timeout", ANY, None)],
     "map": [("name", POS, NO), ("iterables", VAR, NO), ("timeout", KW, None),
             ("in_flight", KW, 64)],
+    "export": [("fn", POS, None), ("name", KW, None)],
+    "unexport": [("name", ANY, NO)],
+    "exported": [],
+    "send": [("dest", ANY, NO), ("message", ANY, NO)],
+    "whereis": [("name", ANY, NO)],
 }
 
 

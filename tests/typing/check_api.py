@@ -126,8 +126,37 @@ def info() -> None:
     assert erlang.info() is None
 
 
+def both_directions() -> None:
+    @erlang.export
+    def area(w: int, h: int) -> int:
+        return w * h
+
+    def neg(x: int) -> int:
+        return -x
+
+    assert erlang.export(neg, name="neg") is neg
+    assert erlang.export(name="neg2")(neg) is neg
+    assert "area" in erlang.exported()
+    assert erlang.eval('py:call_python(<<"area">>, [2, 3]).') == 6
+    assert erlang.unexport("neg") and erlang.unexport("neg2")
+    with erlang.Mailbox(name="check_api_box") as mb:
+        pid: erlang.Pid = mb.pid
+        assert erlang.whereis("check_api_box") == pid
+        erlang.send(pid, 1)
+        erlang.send("check_api_box", 2)
+        assert mb.receive(timeout=5) == 1
+        assert mb.receive(timeout=5, match=lambda m: m == 2) == 2
+        ref: erlang.Reference = mb.monitor(pid)
+        mb.demonitor(ref)
+    try:
+        mb.receive(timeout=0)
+    except erlang.MailboxClosed as e:
+        assert e.reason == "closed"
+
+
 if __name__ == "__main__":
     start_and_stop()
+    both_directions()
     calls()
     errors()
     codec()
