@@ -64,11 +64,13 @@ IN_FLIGHT = 64                 # erlang.map's in_flight, call_async futures pend
 FULL = dict(lat_rounds=31, lat_n=4000, tp_rounds=15, tp_calls=12000, pl_rounds=7, pl_time=0.25,
             codec_rounds=7, codec_time=0.04, start_rounds=11, cg_n=4000, st_n=3000,
             if_rounds=9, if_n=12800, if_c_calls=40000, if_seq_n=3000, if_gather_n=10000,
-            mem_rounds=4, mem_n=10000)
+            mem_rounds=4, mem_n=10000, bd_rounds=3, bd_cb_n=3000, bd_msg_n=1000000,
+            bd_spont_n=200)
 QUICK = dict(lat_rounds=5, lat_n=2000, tp_rounds=2, tp_calls=4000, pl_rounds=2, pl_time=0.1,
              codec_rounds=3, codec_time=0.015, start_rounds=3, cg_n=1000, st_n=1000,
-             if_rounds=2, if_n=3200, if_c_calls=10000, if_seq_n=1000, if_gather_n=2000,
-             mem_rounds=1, mem_n=2000)
+              if_rounds=2, if_n=3200, if_c_calls=10000, if_seq_n=1000, if_gather_n=2000,
+             mem_rounds=1, mem_n=2000, bd_rounds=2, bd_cb_n=1000, bd_msg_n=100000,
+             bd_spont_n=50)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -599,6 +601,92 @@ def section_inflight(cfg, floor, floor0):
     return out
 
 
+BOTH_SRC = r"""
+py:register_function(cb_echo, fun([X]) -> py:call_python(<<"cb_echo">>, [X]) end),
+py:register_function(flood, fun([Dest, N]) ->
+    spawn(fun() -> [Dest ! I || I <- lists:seq(1, N)] end), ok end),
+py:register_function(counter, fun([N, ReportTo]) ->
+    spawn(fun() -> py_bench_count:count(N, ReportTo) end) end),
+py:register_function(spontaneous, fun([K, N]) ->
+    Self = self(),
+    T0 = erlang:monotonic_time(),
+    [spawn(fun() -> [py:call_python(<<"cb_plus">>, [I]) || I <- lists:seq(1, N)],
+                    Self ! done end) || _ <- lists:seq(1, K)],
+    [receive done -> ok end || _ <- lists:seq(1, K)],
+    erlang:convert_time_unit(erlang:monotonic_time() - T0, native, microsecond) end),
+ok.
+"""
+
+# The process that counts what erlang.send sent, and says when it has all.
+COUNTER_MOD = r"""
+-module(py_bench_count).
+-export([count/2]).
+count(0, To) -> To ! counted;
+count(N, To) -> receive _ -> count(N - 1, To) end.
+"""
+
+
+def section_both(cfg, floor, floor0):
+    """Erlang calls Python and messages (issue 7): a callback round trip
+    against floor (a0)'s sequential call, messages Erlang -> Python and
+    erlang.send Python -> Erlang against floor (c) at depth 256, and
+    py:call_python from 64 Erlang processes at once on the pool."""
+    rounds, n_cb, n_msg, n_sp = cfg["bd_rounds"], cfg["bd_cb_n"], cfg["bd_msg_n"], cfg["bd_spont_n"]
+    log("== both directions: callback round trip vs floor (a0); %d messages each way vs floor (c) "
+        "depth 256; py:call_python from 64 processes; %d rounds" % (n_msg, rounds))
+    erlang.load_module(COUNTER_MOD)
+    erlang.eval(BOTH_SRC)
+    erlang.export(lambda x: x, name="cb_echo")
+    erlang.export(lambda i: i + 1, name="cb_plus")
+    assert erlang.call("cb_echo", 7) == 7
+    hexp = call_payload(ARG).hex()
+    raw = {"cb": [], "a0": [], "c256": [], "recv": [], "send": [], "spont": []}
+    pc = time.perf_counter_ns
+    for r in range(rounds):
+        raw["a0"].append(floor0.cmd("seq %d %s" % (n_cb, hexp)))
+        samples = [0] * n_cb
+        call = erlang.call
+        for i in range(n_cb):
+            t0 = pc()
+            call("cb_echo", ARG)
+            samples[i] = pc() - t0
+        samples.sort()
+        raw["cb"].append({"median_us": statistics.median(samples) / 1e3})
+        raw["c256"].append(floor.cmd("pipeline 256 %d %s" % (max(n_msg // 4, 20000), hexp)))
+        with erlang.Mailbox() as mb:
+            receive = mb.receive
+            t0 = time.perf_counter()
+            erlang.call("flood", mb.pid, n_msg)
+            for _ in range(n_msg - 1):
+                receive()
+            assert receive() == n_msg
+            wall = time.perf_counter() - t0
+        raw["recv"].append({"calls_per_s": n_msg / wall})
+        with erlang.Mailbox() as mb:
+            pid = erlang.call("counter", n_msg, mb.pid)
+            send = erlang.send
+            t0 = time.perf_counter()
+            for i in range(n_msg):
+                send(pid, i)
+            assert mb.receive(timeout=120) == "counted"
+            wall = time.perf_counter() - t0
+        raw["send"].append({"calls_per_s": n_msg / wall})
+        us = erlang.call("spontaneous", 64, n_sp)
+        raw["spont"].append({"calls_per_s": 64 * n_sp / (us / 1e6)})
+    return {
+        "callback_median_us": med(x["median_us"] for x in raw["cb"]),
+        "a0_median_us": med(x["median_us"] for x in raw["a0"]),
+        "callback_ratio_to_a0": med(c["median_us"] / a["median_us"] for c, a in zip(raw["cb"], raw["a0"])),
+        "c256_per_s": med(x["calls_per_s"] for x in raw["c256"]),
+        "recv_per_s": med(x["calls_per_s"] for x in raw["recv"]),
+        "send_per_s": med(x["calls_per_s"] for x in raw["send"]),
+        "recv_ratio_to_c256": round_ratio(raw["recv"], raw["c256"]),
+        "send_ratio_to_c256": round_ratio(raw["send"], raw["c256"]),
+        "spontaneous_per_s": med(x["calls_per_s"] for x in raw["spont"]),
+        "messages": n_msg, "rounds": raw,
+    }
+
+
 def section_memory(cfg):
     """Python-side memory per pending erlang.asyncio.call, against a task
     pending on a plain future; each measurement in a fresh process
@@ -1025,6 +1113,18 @@ def targets(res):
                       "(erlang.map) per call", "%.2f x" % r, r >= 0.8))
             t.append(("  the same x coroutines that await nothing (%.0f/s) (information)"
                       % d["nothing_per_s"], "%.2f x" % d["ratio_to_nothing"], None))
+    bd = res.get("both")
+    if bd:
+        r = bd["callback_ratio_to_a0"]
+        t.append(("callback round trip (Python -> Erlang -> Python -> back) median <= 2.2 x "
+                  "floor (a0)", "%.2f x" % r, r <= 2.2))
+        r = bd["recv_ratio_to_c256"]
+        t.append(("messages Erlang -> Python (one sender, Mailbox.receive loop) >= 0.5 x floor (c) "
+                  "depth 256", "%.2f x" % r, r >= 0.5))
+        r = bd["send_ratio_to_c256"]
+        t.append(("erlang.send Python -> Erlang >= 0.5 x floor (c) depth 256", "%.2f x" % r, r >= 0.5))
+        t.append(("py:call_python from 64 Erlang processes at once, python_workers=8 (information)",
+                  "%.0f/s" % bd["spontaneous_per_s"], None))
     mem = res.get("memory")
     if mem:
         x = mem["rss"]["extra_bytes_per_call"]
@@ -1190,6 +1290,23 @@ def report(res):
         L.append("floor (c): one C thread, D CALLs in flight on D workers; futures alone: the same "
                  "batches of concurrent.futures.Future created, completed (set_result) and read, "
                  "no call; asyncio alone: the same gather of coroutines that do not call")
+    bd = res.get("both")
+    if bd:
+        L.append("\n## 3d. Both directions (median over rounds; ratios within each round)")
+        L.append(table([
+            ["callback round trip, median us", "%.1f" % bd["callback_median_us"],
+             "floor (a0) sequential call", "%.1f" % bd["a0_median_us"],
+             "%.2f" % bd["callback_ratio_to_a0"], "<= 2.2"],
+            ["messages Erlang -> Python, /s", "%.0f" % bd["recv_per_s"], "floor (c) depth 256",
+             "%.0f" % bd["c256_per_s"], "%.2f" % bd["recv_ratio_to_c256"], ">= 0.5"],
+            ["erlang.send Python -> Erlang, /s", "%.0f" % bd["send_per_s"], "floor (c) depth 256",
+             "%.0f" % bd["c256_per_s"], "%.2f" % bd["send_ratio_to_c256"], ">= 0.5"],
+            ["py:call_python from 64 processes, /s", "%.0f" % bd["spontaneous_per_s"], "", "", "", ""],
+        ], ["", "ours", "baseline", "baseline", "ratio", "target"]))
+        L.append("%d small messages (integers) a run: one Erlang process sending to one Mailbox, "
+                 "Python receiving in a loop; erlang.send of as many to a counting process; "
+                 "callback: erlang.call of a function that calls py:call_python back"
+                 % bd["messages"])
     mem = res.get("memory")
     if mem:
         L.append("\n## 3c. Memory of %d pending asyncio tasks (bytes per task; a fresh process each)"
@@ -1331,6 +1448,7 @@ def main():
         res["latency"] = section_latency(cfg, floor, floor0, helper_pid)
         res["throughput"] = section_throughput(cfg, floor, helper_pid)
         res["inflight"] = section_inflight(cfg, floor, floor0)
+        res["both"] = section_both(cfg, floor, floor0)
         res["payloads"] = section_payloads(cfg, floor)
         if "strace" not in skip:
             res["strace"] = section_strace(cfg, floor)
