@@ -146,10 +146,19 @@ run_valgrind() {
         "$venv/bin/python" -m pip install -q --disable-pip-version-check "pytest>=7" "hypothesis>=6")
     local tests=("$@")
     # The core tests, and the async paths (pending table, wakers, outbound
-    # queue, withdrawing) through a few tests: the load and fault cases
-    # take too long under memcheck.
-    local A=test_async.py::
+    # queue, withdrawing), callbacks (nested workers) and mailboxes through
+    # a few tests: the load and fault cases take too long under memcheck.
+    local A=test_async.py:: C=test_callbacks.py:: M=test_mailbox.py::
     [ ${#tests[@]} -gt 0 ] || tests=(test_calls.py test_codec.py test_errors.py
+        ${C}test_export_forms_and_listing
+        ${C}test_twenty_levels_deep_on_one_thread
+        ${C}test_a_callback_that_raises_at_level_10
+        ${C}test_callback_from_another_process_runs_on_the_pool
+        ${M}test_send_and_receive_both_ways
+        ${M}test_selective_receive_keeps_the_rest_in_order
+        ${M}test_close_with_messages_queued
+        ${M}test_killed_from_erlang
+        ${M}test_an_undecodable_message_raises_and_the_rest_stay
         ${A}test_call_async_returns_a_future_with_the_result
         ${A}test_an_erlang_exception_fails_only_its_future
         ${A}test_unencodable_arguments_raise_before_anything_is_sent

@@ -82,6 +82,25 @@ erpy_mbox_close(erpy_helper *b, uint32_t id)
     free(found);
 }
 
+void
+erpy_mbox_forget_waker(erpy_helper *b, erpy_waker *k)
+{
+    pthread_mutex_lock(&b->lock);
+    for (size_t i = 0; i < b->mcap; i++) {
+        for (erpy_mbox **pp = &b->mtab[i]; *pp;) {
+            erpy_mbox *m = *pp;
+            if (m->waker == k) {
+                *pp = m->hnext;
+                b->n_mbox--;
+                free(m);
+            } else {
+                pp = &m->hnext;
+            }
+        }
+    }
+    pthread_mutex_unlock(&b->lock);
+}
+
 /* Hands a MESSAGE or MAILBOX_DOWN frame to its mailbox's waker.  Consumes
  * f.  Returns the fd to wake once the lock is released, or -1.  Lock held. */
 int

@@ -950,6 +950,7 @@ waker_close(WakerObject *self)
     if (b != NULL) {
         Py_BEGIN_ALLOW_THREADS
         list = erpy_async_withdraw_all(b, k);
+        erpy_mbox_forget_waker(b, k);   /* a mailbox dropped without close() */
         Py_END_ALLOW_THREADS
     }
     discard_calls(list);

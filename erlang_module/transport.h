@@ -303,6 +303,9 @@ typedef struct erpy_mbox {
 uint32_t erpy_mbox_open(erpy_helper *b, erpy_waker *k);
 /* Removes mailbox id from b's table (nothing if it is not there). */
 void erpy_mbox_close(erpy_helper *b, uint32_t id);
+/* Removes every mailbox of waker k (the waker is being freed: whatever
+ * still names it must not reach it). */
+void erpy_mbox_forget_waker(erpy_helper *b, erpy_waker *k);
 
 /* Writes a frame of kind with Worker 0 and Seq seq (buf holds the frame,
  * header included, its header filled here) without ever blocking: through

@@ -333,3 +333,21 @@ def test_helper_death_while_a_callback_runs():
     assert isinstance(box.get("exc"), erlang.HelperExited), box
     assert time.monotonic() - t_kill < 1.5
     assert erlang.call("double_it", 3) == 6
+
+
+def test_callbacks_from_async_calls_run_on_the_pool():
+    @erlang.export
+    def where3(x):
+        return (x, threading.current_thread().name)
+
+    futs = [erlang.call_async("cb", "where3", [i]) for i in range(50)]
+    got = [f.result(timeout=30) for f in futs]
+    assert [x for x, _ in got] == list(range(50))
+    assert all(name.startswith("erlang-python-worker-") for _, name in got)
+
+    async def main():
+        import erlang.asyncio as ea
+        return await asyncio.gather(*(ea.call("cb", "where3", [i]) for i in range(20)))
+
+    got = asyncio.run(main())
+    assert [x for x, _ in got] == list(range(20))

@@ -144,6 +144,21 @@ def test_close_with_messages_queued():
     assert erlang.call("double_it", 2) == 4
 
 
+def test_a_mailbox_dropped_without_close_while_messages_come():
+    import gc
+    mb = erlang.Mailbox()
+    pid = mb.pid
+    erlang.eval("py:register_function(trickle, fun([P]) -> spawn(fun() -> "
+                "[begin P ! I, timer:sleep(1) end || I <- lists:seq(1, 200)] end), ok end).")
+    erlang.call("trickle", pid)
+    time.sleep(0.05)
+    del mb
+    gc.collect()
+    time.sleep(0.3)
+    assert erlang.call("alive", pid) is False     # closed by its finalizer
+    assert erlang.call("double_it", 21) == 42
+
+
 def test_killed_from_erlang():
     mb = erlang.Mailbox()
     erlang.send(mb.pid, "before")
