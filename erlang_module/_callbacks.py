@@ -16,11 +16,12 @@ was exported (from a pool thread: the thread waits for it there); one
 exported with no loop running runs in a fresh loop of its own
 (``asyncio.run``) on the pool thread.
 """
-import asyncio
-import inspect
 import logging
 import threading
 import traceback
+
+# asyncio and inspect are imported when first needed: `import erlang` must
+# stay cheap (asyncio alone is about 50 ms).
 
 from . import _erlang
 from ._types import Atom
@@ -78,6 +79,8 @@ def export(fn=None, /, *, name=None):
         if not isinstance(name, str) or name == "<lambda>":
             raise TypeError("export() of %r needs name=..." % (fn,))
     key = _check_name(name)
+    import asyncio
+    import inspect
     loop = None
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
         try:
@@ -124,6 +127,8 @@ def _python_error(exc):
 def _invoke(fn, loop, is_async, args):
     if not is_async:
         return fn(*args)
+    import asyncio
+    import inspect
     coro = fn(*args)
     if not inspect.isawaitable(coro):
         return coro

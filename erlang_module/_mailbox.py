@@ -14,7 +14,6 @@ windows on the Python side (what the C queue holds, and what a receive
 took and has not delivered yet, plus messages a ``match=`` skips, which
 stay queued as in Erlang), and the rest waits in the Erlang process.
 """
-import asyncio
 import collections
 import os
 import threading
@@ -253,6 +252,7 @@ class Mailbox:
         pipe is watched with ``add_reader``), never blocking it."""
         if match is not None and not callable(match):
             raise TypeError("match must be callable")
+        import asyncio   # here: `import erlang` does not pay for it
         loop = asyncio.get_running_loop()
         deadline = self._deadline(timeout)
         fd = self._waker.fileno()

@@ -103,3 +103,14 @@ def test_a_bad_start_while_a_helper_runs_changes_nothing(restore_helper):
     assert erlang.is_running()
     erlang._erlang._stop(5.0)      # the helper dies; the next call restarts it
     assert erlang.eval('os:getenv("MARK").') == [ord(c) for c in "kept"]
+
+
+def test_import_erlang_stays_cheap_it_does_not_import_asyncio():
+    # asyncio alone costs about 50 ms of import: the package imports it only
+    # when an async export or Mailbox.areceive needs it.
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", "import sys, erlang; print('asyncio' in sys.modules)"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
