@@ -298,6 +298,20 @@ def test_distribution_listens_on_loopback_only(cluster):
     assert {addr for addr, _port in found} == {"127.0.0.1"}
 
 
+def test_dist_all_listens_on_every_interface():
+    code = """
+        import erlang, sys
+        sys.path.insert(0, sys.argv[2])
+        from test_cluster import helper_listening_addresses
+        erlang.start(node=sys.argv[1], dist="all")
+        found = helper_listening_addresses(erlang.info()["os_pid"])
+        print("RESULT", sorted({addr for addr, _port in found}))
+    """
+    proc = run_python(code, unique("py"), os.path.dirname(os.path.abspath(__file__)))
+    lines = result_lines(proc)
+    assert lines and lines[0] in ("['0.0.0.0']", "['::']", "['0.0.0.0', '::']"), proc.stderr
+
+
 def test_a_node_with_another_cookie_cannot_connect(nodes_of_test):
     node, _proc = nodes_of_test.spawn("bad", cookie=secrets.token_hex(16))
     deadline = time.monotonic() + 30
