@@ -62,10 +62,23 @@ epmd_path() ->
 
 %% Whether epmd on this host already has a node named like Name (its part
 %% before the @): net_kernel would fail with a long supervisor report that
-%% does not say so plainly.
+%% does not say so plainly.  A helper that was just killed and is started
+%% again may find its old registration still there for a moment (epmd
+%% drops it when it sees the old connection close): the name counts as in
+%% use only if it still is after a second.
 name_in_use(Name) ->
     [Short | _] = string:split(atom_to_list(Name), "@"),
-    case erl_epmd:names() of
-        {ok, Names} -> lists:keymember(Short, 1, Names);
-        _ -> false
+    name_in_use(Short, 10).
+
+name_in_use(Short, Tries) ->
+    InUse = case erl_epmd:names() of
+                {ok, Names} -> lists:keymember(Short, 1, Names);
+                _ -> false
+            end,
+    case InUse of
+        true when Tries > 1 ->
+            timer:sleep(100),
+            name_in_use(Short, Tries - 1);
+        _ ->
+            InUse
     end.

@@ -477,3 +477,20 @@ def test_disconnect_and_connect_again(nodes_of_test):
     assert erlang.disconnect(node) is False
     assert erlang.connect(node) is True
     assert node in erlang.nodes()
+
+
+def test_a_helper_that_died_comes_back_as_the_same_node(cluster):
+    old = erlang.info()["os_pid"]
+    me = erlang.node()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while erlang.is_running():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # The next call starts a new helper with the same options: the same
+    # node name (epmd has let go of the old one), the same cookie.
+    assert erlang.node() == me
+    assert erlang.info()["os_pid"] != old
+    assert erlang.rpc(cluster.w1, "erlang", "node", timeout=10) == cluster.w1
+    assert erlang.rpc(cluster.w1, "erpc", "call",
+                      [me, erlang.Atom("erlang"), erlang.Atom("node"), []]) == me
