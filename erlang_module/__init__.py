@@ -134,7 +134,7 @@ def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
 
     ``erl``           path of ``erl`` (str, bytes or path object; default:
                       ``$ERL``, then ``erl`` on PATH)
-    ``args``          extra ``erl`` flags, e.g. ``["-sname", "py"]``
+    ``args``          extra ``erl`` flags, e.g. ``["+A", "4"]`` (a node: ``node``)
     ``code_path``     directories added with ``-pa``
     ``modules``       ``.erl`` files compiled and loaded at every start
     ``timeout``       seconds to wait for the helper's hello (default 30)
@@ -180,7 +180,7 @@ def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
     start (e.g. epmd already has a node of that name); whatever ``on_start`` or
     loading ``modules`` raises (the helper is stopped again).
 
-    >>> erlang.start(args=["-sname", "py"], call_timeout=10)
+    >>> erlang.start(node="py", cookie="secret", call_timeout=10)   # py@<host>
     """
     _helper.start(erl=erl, args=args, code_path=code_path, modules=modules,
                   timeout=timeout, call_timeout=call_timeout, binaries=binaries,
