@@ -262,6 +262,27 @@ def test_the_cookie_is_in_neither_argv_nor_environment(cluster):
     assert erlang.apply("erlang", "get_cookie", []) == cluster.cookie
 
 
+def test_without_a_cookie_each_start_makes_a_random_one():
+    code = """
+        import erlang, sys
+        cookies = []
+        for name in sys.argv[1:3]:
+            erlang.start(node=name)
+            cookies.append(erlang.apply("erlang", "get_cookie", []))
+            erlang.stop()
+        print("RESULT", cookies[0] != cookies[1], min(len(c) for c in cookies) >= 24)
+        try:
+            with open(sys.argv[3]) as f:
+                home = f.read().strip()
+        except OSError:
+            home = None
+        print("RESULT", home not in cookies)
+    """
+    proc = run_python(code, unique("py"), unique("py"),
+                      os.path.expanduser("~/.erlang.cookie"))
+    assert result_lines(proc) == ["True True", "True"], proc.stderr
+
+
 def helper_listening_addresses(pid):
     """(address, port) of every TCP socket the process listens on, v4 and v6."""
     inodes = set()
