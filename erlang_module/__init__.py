@@ -15,7 +15,7 @@ import threading as _threading
 
 from ._version import __version__
 from ._types import Atom, BitString, Fun, ImproperList, Pid, Port, Reference
-from ._errors import CallTimeout, Error, HelperExited, UndefinedFunction
+from ._errors import CallTimeout, Error, HelperExited, NodeDown, UndefinedFunction
 from . import _erlang, _errors, _helper
 
 _erlang._init_types(Atom, Pid, Reference, Port, Fun, ImproperList, BitString)
@@ -32,6 +32,7 @@ from ._erlang import binary_to_term, call, is_running, term_to_binary  # noqa: E
 from ._async import apply_async, call_async, map  # noqa: E402
 from ._callbacks import export, exported, unexport  # noqa: E402
 from ._mailbox import Mailbox, MailboxClosed, send, whereis  # noqa: E402
+from ._dist import connect, disconnect, node, nodes, rpc, rpc_async  # noqa: E402
 
 # Request kinds (erlang_module/protocol.h)
 _K_APPLY = _erlang.K_APPLY
@@ -126,13 +127,14 @@ def load_module(path_or_source, timeout=None):
 
 def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
           call_timeout=None, binaries="str", on_start=None, env=None,
-          after_fork="restart", elixir=False, python_workers=8):
+          after_fork="restart", elixir=False, python_workers=8, node=None,
+          cookie=None, dist="loopback", hidden=False, net_ticktime=None):
     """Starts the helper explicitly (otherwise the first call starts it with
     the default options).  Keyword options:
 
     ``erl``           path of ``erl`` (str, bytes or path object; default:
                       ``$ERL``, then ``erl`` on PATH)
-    ``args``          extra ``erl`` flags, e.g. ``["-sname", "py"]``
+    ``args``          extra ``erl`` flags, e.g. ``["+A", "4"]`` (a node: ``node``)
     ``code_path``     directories added with ``-pa``
     ``modules``       ``.erl`` files compiled and loaded at every start
     ``timeout``       seconds to wait for the helper's hello (default 30)
@@ -152,6 +154,19 @@ def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
     ``python_workers`` threads that run Python exports called from Erlang
                       processes other than a waiting call's own (spawned
                       processes, timers, ``py:cast_python``; default 8)
+    ``node``          make the helper an Erlang node: ``"py"`` (a short name,
+                      py@<this host>), ``"py@host"`` (short), or
+                      ``"py@host.domain"`` (a long name); default None: no
+                      distribution, and no epmd is started
+    ``cookie``        the node's cookie (str); default: a random one made
+                      at each start.  It is sent over the channel, never
+                      put in the helper's argv or environment
+    ``dist``          ``"loopback"`` (default): distribution listens on
+                      127.0.0.1 only (and epmd, if the start starts it);
+                      ``"all"``: on every interface
+    ``hidden``        True: a hidden node (default False)
+    ``net_ticktime``  seconds (int) after which a silent peer counts as
+                      down (default None: OTP's, 60)
 
     After the helper dies, the next call starts a new one with the same
     options; the options of a start that failed are kept too.
@@ -161,15 +176,17 @@ def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
     ``FileNotFoundError`` for a missing ``modules`` file (before anything
     starts); :class:`HelperExited` when ``erl`` is not found, the helper's
     files are missing, or the helper cannot start or sends no hello within
-    ``timeout`` (with its exit status and stderr); whatever ``on_start`` or
+    ``timeout`` (with its exit status and stderr), or distribution cannot
+    start (e.g. epmd already has a node of that name); whatever ``on_start`` or
     loading ``modules`` raises (the helper is stopped again).
 
-    >>> erlang.start(args=["-sname", "py"], call_timeout=10)
+    >>> erlang.start(node="py", cookie="secret", call_timeout=10)   # py@<host>
     """
     _helper.start(erl=erl, args=args, code_path=code_path, modules=modules,
                   timeout=timeout, call_timeout=call_timeout, binaries=binaries,
                   on_start=on_start, env=env, after_fork=after_fork, elixir=elixir,
-                  python_workers=python_workers)
+                  python_workers=python_workers, node=node, cookie=cookie, dist=dist,
+                  hidden=hidden, net_ticktime=net_ticktime)
 
 
 def stop(timeout=5.0):
@@ -207,15 +224,16 @@ def info():
 # The public classes are erlang.X wherever they are defined: tracebacks and
 # reprs show the name users import (pickle finds them there too).
 for _cls in (Atom, BitString, Fun, ImproperList, Pid, Port, Reference,
-             CallTimeout, Error, HelperExited, UndefinedFunction, Mailbox, MailboxClosed):
+             CallTimeout, Error, HelperExited, NodeDown, UndefinedFunction, Mailbox,
+             MailboxClosed):
     _cls.__module__ = __name__
 del _cls
 
 __all__ = [
     "Atom", "BitString", "CallTimeout", "Error", "Fun", "HelperExited",
-    "ImproperList", "Mailbox", "MailboxClosed", "Pid", "Port", "Reference",
+    "ImproperList", "Mailbox", "MailboxClosed", "NodeDown", "Pid", "Port", "Reference",
     "UndefinedFunction",
-    "apply", "apply_async", "binary_to_term", "call", "call_async", "eval", "export",
-    "exported", "info", "is_running", "load_module", "map", "send", "start", "stop",
-    "term_to_binary", "unexport", "whereis",
+    "apply", "apply_async", "binary_to_term", "call", "call_async", "connect", "disconnect",
+    "eval", "export", "exported", "info", "is_running", "load_module", "map", "node", "nodes",
+    "rpc", "rpc_async", "send", "start", "stop", "term_to_binary", "unexport", "whereis",
 ]

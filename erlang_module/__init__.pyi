@@ -10,11 +10,11 @@ from typing_extensions import Buffer, Literal
 __version__: str
 __all__ = [
     "Atom", "BitString", "CallTimeout", "Error", "Fun", "HelperExited",
-    "ImproperList", "Mailbox", "MailboxClosed", "Pid", "Port", "Reference",
+    "ImproperList", "Mailbox", "MailboxClosed", "NodeDown", "Pid", "Port", "Reference",
     "UndefinedFunction",
-    "apply", "apply_async", "binary_to_term", "call", "call_async", "eval", "export",
-    "exported", "info", "is_running", "load_module", "map", "send", "start", "stop",
-    "term_to_binary", "unexport", "whereis",
+    "apply", "apply_async", "binary_to_term", "call", "call_async", "connect", "disconnect",
+    "eval", "export", "exported", "info", "is_running", "load_module", "map", "node", "nodes",
+    "rpc", "rpc_async", "send", "start", "stop", "term_to_binary", "unexport", "whereis",
 ]
 
 _StrPath = Union[str, "os.PathLike[str]"]
@@ -77,6 +77,10 @@ class HelperExited(ConnectionError):
     stderr: str
     def __init__(self, message: str, status: Optional[int] = ..., stderr: str = ...) -> None: ...
 
+class NodeDown(ConnectionError):
+    node: str
+    def __init__(self, node: str, message: Optional[str] = ...) -> None: ...
+
 # ------------------------------------------------------------------ functions
 
 class _Info(TypedDict):
@@ -116,6 +120,11 @@ def start(
     after_fork: Literal["restart", "error"] = ...,
     elixir: Union[bool, _AnyPath] = ...,
     python_workers: int = ...,
+    node: Optional[str] = ...,
+    cookie: Optional[str] = ...,
+    dist: Literal["loopback", "all"] = ...,
+    hidden: bool = ...,
+    net_ticktime: Optional[int] = ...,
 ) -> None: ...
 def call_async(name: Union[str, bytes], /, *args: Any, timeout: _Timeout = ...) -> Future[Any]: ...
 def apply_async(
@@ -170,3 +179,24 @@ class Mailbox:
 
 def send(dest: Union[Pid, Reference, str, Tuple[str, str]], message: Any) -> None: ...
 def whereis(name: str) -> Optional[Pid]: ...
+
+# ------------------------------------------------------------------ cluster
+
+def node() -> Atom: ...
+def nodes() -> list[Atom]: ...
+def connect(node: str) -> bool: ...
+def disconnect(node: str) -> bool: ...
+def rpc(
+    node: str,
+    module: str,
+    function: str,
+    args: Union[list[Any], Tuple[Any, ...]] = ...,
+    timeout: _Timeout = ...,
+) -> Any: ...
+def rpc_async(
+    node: str,
+    module: str,
+    function: str,
+    args: Union[list[Any], Tuple[Any, ...]] = ...,
+    timeout: _Timeout = ...,
+) -> Future[Any]: ...

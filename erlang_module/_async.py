@@ -244,9 +244,12 @@ def _the_runner():
     return r
 
 
-def _submit_future(submit, timeout):
+def _submit_future(submit, timeout, fut=None):
+    """Submits a call and returns its future: `fut` (a _CallFuture not yet
+    used), or a new _CallFuture."""
     seconds, own = limit(timeout)
-    fut = _CallFuture()
+    if fut is None:
+        fut = _CallFuture()
     if seconds == 0:
         fut.set_exception(timeout_error(0, own, sent=False))
         return fut

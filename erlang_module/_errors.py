@@ -2,7 +2,7 @@
 
 from ._types import _SignatureOf
 
-__all__ = ["Error", "UndefinedFunction", "CallTimeout", "HelperExited"]
+__all__ = ["Error", "UndefinedFunction", "CallTimeout", "HelperExited", "NodeDown"]
 
 
 def _short(term, limit=300):
@@ -131,6 +131,20 @@ class HelperExited(ConnectionError):
 
     def __reduce__(self):
         return (type(self), (self.args[0], self.status, self.stderr))
+
+
+class NodeDown(ConnectionError):
+    """Another Erlang node cannot be reached, or went down (or lost its
+    connection to the helper) during an :func:`erlang.rpc` to it: erpc
+    reported ``noconnection``.  ``node`` is that node's name, an
+    :class:`Atom`."""
+
+    def __init__(self, node, message=None):
+        self.node = node
+        super().__init__(message or "Erlang node %s is down or cannot be reached" % (node,))
+
+    def __reduce__(self):
+        return (type(self), (self.node, self.args[0]))
 
 
 def make_error(kind, reason, stacktrace, message=None):

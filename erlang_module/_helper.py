@@ -25,6 +25,7 @@ EBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "priv", "ebin")
 _ALLOWED = {
     "erl", "args", "code_path", "modules", "timeout", "call_timeout",
     "binaries", "on_start", "env", "after_fork", "elixir", "python_workers",
+    "node", "cookie", "dist", "hidden", "net_ticktime",
 }
 
 _lock = threading.RLock()      # start/stop/autostart
@@ -160,6 +161,59 @@ def _check(options):
                         % type(pw).__name__)
     if pw < 1:
         raise ValueError("start option 'python_workers' must be >= 1")
+    _check_dist(options)
+
+
+# A node name's part before the @, and its host, as erl accepts them.
+_NODE_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
+_NODE_HOST = re.compile(r"[A-Za-z0-9_.-]+\Z")
+
+
+def node_name(node):
+    """The name net_kernel is started with, and its name domain, for the
+    `node` start option: "py" is a short name (py@<this host>), "py@host" a
+    short name on that host, "py@host.domain" (a dot in the host) a long
+    name.  Raises TypeError/ValueError for anything else."""
+    if not isinstance(node, str):
+        raise TypeError("start option 'node' must be a str, not %s" % type(node).__name__)
+    name, at, host = node.partition("@")
+    if not _NODE_NAME.match(name) or (at and not _NODE_HOST.match(host)):
+        raise ValueError(
+            "start option 'node': %r is not a node name: give 'name' (a short name on "
+            "this host), 'name@host' or 'name@host.domain' (a long name), the name "
+            "made of letters, digits, '_' and '-'" % node)
+    return node, ("longnames" if "." in host else "shortnames")
+
+
+def _check_dist(options):
+    node = options.get("node")
+    if node is not None:
+        node_name(node)
+        for a in options.get("args") or ():
+            if os.fsdecode(a) in ("-sname", "-name", "-setcookie"):
+                raise ValueError("start option 'node' and %r in 'args' both start "
+                                 "distribution: give only one" % os.fsdecode(a))
+    cookie = options.get("cookie")
+    if cookie is not None:
+        if not isinstance(cookie, str):
+            raise TypeError("start option 'cookie' must be a str, not %s"
+                            % type(cookie).__name__)
+        if not (0 < len(cookie) <= 255 and cookie.isascii() and cookie.isprintable()
+                and not any(c.isspace() for c in cookie)):
+            raise ValueError("start option 'cookie' must be 1 to 255 printable ASCII "
+                             "characters without spaces")
+    if options.get("dist", "loopback") not in ("loopback", "all"):
+        raise ValueError("start option 'dist' must be 'loopback' or 'all'")
+    if not isinstance(options.get("hidden", False), bool):
+        raise TypeError("start option 'hidden' must be a bool, not %s"
+                        % type(options["hidden"]).__name__)
+    tick = options.get("net_ticktime")
+    if tick is not None:
+        if isinstance(tick, bool) or not isinstance(tick, int):
+            raise TypeError("start option 'net_ticktime' must be an int (seconds) or None, "
+                            "not %s" % type(tick).__name__)
+        if tick < 1:
+            raise ValueError("start option 'net_ticktime' must be >= 1 (seconds)")
 
 
 def _is_number(v):
@@ -229,13 +283,17 @@ def command_line(options):
     return argv
 
 
-def _environment(options):
+def _environment_dict(options):
     env = dict(os.environ)
     # A helper that crashes must not leave erl_crash.dump in the user's
     # working directory: with 0 seconds the emulator writes no dump.
     env.setdefault("ERL_CRASH_DUMP_SECONDS", "0")
     env.update(options.get("env") or {})
-    return ["%s=%s" % kv for kv in env.items()]
+    return env
+
+
+def _environment(options):
+    return ["%s=%s" % kv for kv in _environment_dict(options).items()]
 
 
 def start(**options):
@@ -302,6 +360,10 @@ def _start_locked_2(options):
     from . import _callbacks
     _callbacks.ensure_pool(options.get("python_workers", 8))
     try:
+        if options.get("node") is not None:
+            from . import _dist
+
+            _info["node"] = _dist.start_distribution(options, _environment_dict(options))
         from . import load_module
 
         for m in options.get("modules") or ():

@@ -14,9 +14,10 @@ late reply is dropped.
 import asyncio as _asyncio
 import weakref as _weakref
 
-from . import _async, _erlang, _helper
+from . import _async, _dist, _erlang, _helper
+from ._errors import Error
 
-__all__ = ["call", "apply", "eval"]
+__all__ = ["call", "apply", "eval", "rpc"]
 
 # loop -> _LoopWaker.  Weak: a loop that is gone takes its waker with it,
 # which withdraws the calls still pending on it.
@@ -130,3 +131,18 @@ async def apply(module, function, args=(), timeout=None):
 async def eval(source, timeout=None):
     """Awaitable :func:`erlang.eval`."""
     return await _run(_async.K_EVAL, _async.eval_payload(source), None, timeout)
+
+
+async def rpc(node, module, function, args=(), timeout=None):
+    """Awaitable :func:`erlang.rpc`: ``await erlang.asyncio.rpc("w1@host",
+    "erlang", "node")``; raises what it raises (:class:`erlang.NodeDown`
+    when the node cannot be reached or goes down during the call)."""
+    payload, n, seconds, own, helper_timeout = _dist.rpc_request(
+        node, module, function, args, timeout)
+    try:
+        return await _run(_async.K_APPLY, payload, None, helper_timeout)
+    except Error as e:
+        t = _dist.translate(e, n, seconds, own)
+        if t is e:
+            raise
+        raise t from None

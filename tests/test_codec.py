@@ -999,7 +999,13 @@ def expected(v):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(terms)
 def test_generated_terms_round_trip(value):
-    data = t2b(value)
+    try:
+        data = t2b(value)
+    except ValueError as e:
+        # A dict holding both "x" and b"x" (the same Erlang binary) as keys
+        # is refused by the encoder: a map cannot hold both.
+        assert "are the same Erlang term" in str(e), e
+        return
     assert data[0] == 131
     try:
         want = expected(value)

@@ -85,7 +85,8 @@ def test_erlang_error_pickles_with_its_fields():
 
 def test_public_classes_are_named_as_users_import_them():
     for cls in (erlang.Error, erlang.UndefinedFunction, erlang.CallTimeout,
-                erlang.HelperExited, erlang.Atom, erlang.Pid, erlang.ImproperList):
+                erlang.HelperExited, erlang.NodeDown, erlang.Atom, erlang.Pid,
+                erlang.ImproperList):
         assert cls.__module__ == "erlang"
         assert getattr(erlang, cls.__name__) is cls
     assert repr(erlang.CallTimeout) == "<class 'erlang.CallTimeout'>"

@@ -33,6 +33,14 @@ EXPECTED = {
     "exported": [],
     "send": [("dest", ANY, NO), ("message", ANY, NO)],
     "whereis": [("name", ANY, NO)],
+    "node": [],
+    "nodes": [],
+    "connect": [("node", ANY, NO)],
+    "disconnect": [("node", ANY, NO)],
+    "rpc": [("node", ANY, NO), ("module", ANY, NO), ("function", ANY, NO), ("args", ANY, ()),
+            ("timeout", ANY, None)],
+    "rpc_async": [("node", ANY, NO), ("module", ANY, NO), ("function", ANY, NO),
+                  ("args", ANY, ()), ("timeout", ANY, None)],
 }
 
 
@@ -60,6 +68,9 @@ def test_start_signature_names_every_start_option_keyword_only():
     assert set(ps) == _helper._ALLOWED
     assert ps["binaries"].default == "str" and ps["after_fork"].default == "restart"
     assert ps["timeout"].default == 30.0
+    assert ps["node"].default is None and ps["cookie"].default is None
+    assert ps["dist"].default == "loopback" and ps["hidden"].default is False
+    assert ps["net_ticktime"].default is None
 
 
 def test_every_public_function_is_in_the_table():
@@ -117,6 +128,12 @@ ERRORS = {
     "call_async": ["Error", "UndefinedFunction", "CallTimeout", "HelperExited", "TypeError"],
     "apply_async": ["Error", "UndefinedFunction", "CallTimeout", "HelperExited", "TypeError"],
     "map": ["Error", "CallTimeout", "HelperExited", "TypeError"],
+    "node": ["nonode@nohost", "HelperExited"],
+    "nodes": ["HelperExited"],
+    "connect": ["TypeError", "ValueError", "HelperExited"],
+    "disconnect": ["TypeError", "ValueError", "HelperExited"],
+    "rpc": ["NodeDown", "Error", "CallTimeout", "HelperExited", "TypeError"],
+    "rpc_async": ["NodeDown", "Error", "CallTimeout", "HelperExited", "TypeError"],
 }
 
 

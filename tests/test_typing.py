@@ -90,6 +90,14 @@ status: int = erlang.HelperExited("x").status  # E
 erlang.Pid("raw")  # E
 erlang.BitString(b"", "0")  # E
 erlang.nonexistent_function()  # E
+erlang.start(node=1)  # E
+erlang.start(dist="everywhere")  # E
+erlang.start(net_ticktime=1.5)  # E
+erlang.start(hidden="yes")  # E
+erlang.rpc(1, "erlang", "node")  # E
+erlang.connect(b"w1@host")  # E
+down: int = erlang.NodeDown("w1@host").node  # E
+here: int = erlang.node()  # E
 """
 
 

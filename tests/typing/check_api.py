@@ -11,8 +11,8 @@ import tempfile
 from typing import Any, Optional
 
 import erlang
-from erlang import (Atom, BitString, CallTimeout, Error, Fun, HelperExited, ImproperList, Pid,
-                    Port, Reference, UndefinedFunction)
+from erlang import (Atom, BitString, CallTimeout, Error, Fun, HelperExited, ImproperList,
+                    NodeDown, Pid, Port, Reference, UndefinedFunction)
 
 
 def start_and_stop() -> None:
@@ -154,6 +154,38 @@ def both_directions() -> None:
         assert e.reason == "closed"
 
 
+def cluster() -> None:
+    import asyncio
+    from concurrent.futures import Future
+
+    import erlang.asyncio
+
+    erlang.stop()
+    erlang.start(node="check_api_%d" % os.getpid(), cookie="check-api-cookie",
+                 dist="loopback", hidden=False, net_ticktime=None)
+    me: Atom = erlang.node()
+    connected: list[Atom] = erlang.nodes()
+    assert connected == []
+    assert erlang.connect(me) and erlang.connect(Atom(me))
+    assert erlang.rpc(me, "erlang", "node") == me
+    assert erlang.rpc(Atom(me), "lists", "sum", [[1, 2]], timeout=10) == 3
+    fut: Future[Any] = erlang.rpc_async(me, "erlang", "abs", (-1,), timeout=None)
+    assert fut.result(10) == 1
+    nobody = "nobody_%d@%s" % (os.getpid(), me.split("@")[1])
+    assert erlang.disconnect(nobody) is False
+    try:
+        erlang.rpc(nobody, "erlang", "node", timeout=10)
+    except NodeDown as e:
+        down: str = e.node
+        assert down == nobody and isinstance(e, ConnectionError)
+
+    async def main() -> None:
+        assert await erlang.asyncio.rpc(me, "erlang", "node", timeout=5) == me
+
+    asyncio.run(main())
+    erlang.stop()
+
+
 if __name__ == "__main__":
     start_and_stop()
     both_directions()
@@ -162,4 +194,5 @@ if __name__ == "__main__":
     codec()
     many_in_flight()
     info()
+    cluster()
     print("check_api: ok")
