@@ -11,9 +11,7 @@ The functions here are ordinary APPLY calls: ``erlang.rpc`` runs
 :class:`NodeDown`.
 """
 import math
-import secrets
 import shutil
-import socket
 import subprocess
 import time
 
@@ -43,6 +41,7 @@ def _epmd_port(env):
 
 def _epmd_answers(port):
     try:
+        import socket   # here: only a distributed start needs it
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
             return True
     except OSError:
@@ -95,6 +94,7 @@ def start_distribution(options, env):
         # No cookie given: one of our own for this start, so that only
         # nodes the program tells it (erlang:set_cookie/2) can connect;
         # ~/.erlang.cookie is never used.
+        import secrets
         cookie = secrets.token_urlsafe(24)
     tick = options.get("net_ticktime")
     r = _call("py_dist", "start", [
