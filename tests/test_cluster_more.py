@@ -1,0 +1,49 @@
+"""More of the helper in a cluster, with test_cluster's nodes: other nodes
+call Python's exports and send to its named mailboxes, a mailbox monitors
+a node, two Python processes call each other, an Elixir node.
+
+The fixtures are test_cluster's (imported, so this module gets a cluster
+of its own); every node started here is killed in a fixture's teardown.
+"""
+import os
+import signal
+import time
+
+import pytest
+
+import erlang
+from test_cluster import Cluster, cluster, nodes_of_test, unique, wait_connected  # noqa: F401
+
+A = erlang.Atom
+
+
+# ------------------------------------------------------------------ reached from other nodes
+
+def test_a_python_export_called_from_a_remote_node(cluster):
+    erlang.export(lambda w, h: w * h, name="area")
+    try:
+        me = erlang.node()
+        # erpc:call('py@host', py, call_python, [<<"area">>, [3, 4]]) run on
+        # w1: the hop goes w1 -> helper -> Python's thread pool.
+        assert erlang.rpc(cluster.w1, "erpc", "call",
+                          [me, A("py"), A("call_python"), ["area", [3, 4]]]) == 12
+        # The same from code evaluated on w1, the name an atom there.
+        expr = "erpc:call('%s', py, call_python, [area, [5, 6]])." % me
+        ok, tokens, _ = erlang.rpc(cluster.w1, "erl_scan", "string", [list(map(ord, expr))])
+        assert ok == "ok"
+        assert erlang.rpc(cluster.w1, "erl_eval", "exprs",
+                          [erlang.rpc(cluster.w1, "erl_parse", "parse_exprs", [tokens])[1],
+                           []])[1] == 30
+    finally:
+        erlang.unexport("area")
+
+
+def test_a_named_mailbox_receives_from_a_remote_node(cluster):
+    name = unique("inbox")
+    me = erlang.node()
+    with erlang.Mailbox(name) as mb:
+        # {inbox_x, 'py@host'} ! Msg, sent by a process of w1.
+        assert erlang.rpc(cluster.w1, "erlang", "send",
+                          [(A(name), me), ("hello", A("from_w1"), [1, 2])]) \
+            == ("hello", "from_w1", [1, 2])
+        assert mb.receive(timeout=10) == ("hello", "from_w1", [1, 2])
