@@ -34,6 +34,7 @@
 -export([close_mailbox/1]).
 -export([mailbox_monitor/2]).
 -export([mailbox_demonitor/2]).
+-export([mailbox_monitor_node/2]).
 -export([whereis/1]).
 
 -type name() :: atom() | binary() | string().
@@ -281,6 +282,19 @@ mailbox_monitor(Pid, Target) ->
     case mailbox_request(Pid, {monitor, Target}) of
         {ok, Ref} -> Ref;
         {error, Reason} -> erlang:error(Reason, [Pid, Target])
+    end.
+
+%% The mailbox monitors Node with erlang:monitor_node/2: {nodedown, Node}
+%% reaches Python as any other message when the connection to Node is lost
+%% (at once if Node cannot be reached).  Each call adds one monitor, as
+%% monitor_node/2 does.  Raises error:noproc if the mailbox is closed,
+%% error:notalive without distribution, error:badarg for a Node that is no
+%% atom or binary.
+-spec mailbox_monitor_node(pid(), atom() | binary()) -> ok.
+mailbox_monitor_node(Pid, Node) ->
+    case mailbox_request(Pid, {monitor_node, Node}) of
+        {ok, ok} -> ok;
+        {error, Reason} -> erlang:error(Reason, [Pid, Node])
     end.
 
 %% Removes a monitor made by mailbox_monitor/2.  A 'DOWN' for it that the

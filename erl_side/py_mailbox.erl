@@ -84,6 +84,9 @@ loop(State = #state{coordinator = Coordinator}) ->
         {'$py_mailbox', ReplyTo, {monitor, Target}} when is_reference(ReplyTo) ->
             ReplyTo ! {ReplyTo, monitor_target(Target)},
             loop(State);
+        {'$py_mailbox', ReplyTo, {monitor_node, Node}} when is_reference(ReplyTo) ->
+            ReplyTo ! {ReplyTo, monitor_node(Node)},
+            loop(State);
         {'$py_mailbox', ReplyTo, {demonitor, Ref}} when is_reference(ReplyTo), is_reference(Ref) ->
             State1 = demonitor_target(Ref, State),
             ReplyTo ! {ReplyTo, ok},
@@ -138,6 +141,19 @@ monitor_target({Name, Node}) ->
     catch error:_ -> {error, badarg}
     end;
 monitor_target(_) ->
+    {error, badarg}.
+
+%% This process monitors Node, so that {nodedown, Node} is one more
+%% message for Python.  erlang:monitor_node/2 connects first if need be
+%% (this process waits for that, as net_kernel:connect_node/1 would), and
+%% an unreachable node gives its nodedown at once; without distribution it
+%% raises notalive.
+monitor_node(Node) when is_atom(Node); is_binary(Node) ->
+    try erlang:monitor_node(to_atom(Node), true) of
+        true -> {ok, ok}
+    catch error:Reason -> {error, Reason}
+    end;
+monitor_node(_) ->
     {error, badarg}.
 
 %% Node names are atoms anyway, and a remote name cannot be checked here.

@@ -331,6 +331,28 @@ class Mailbox:
             t = str(_name_of(target, "target")).encode("utf-8")
         return self._control("mailbox_monitor", t)
 
+    def monitor_node(self, node):
+        """Monitors the Erlang node ``node`` (``str`` or :class:`Atom`,
+        ``name@host``) from the mailbox's process, with
+        ``erlang:monitor_node(Node, true)``: when the helper's connection to
+        it is lost (the node stops or dies, or cannot be reached at all),
+        the message ``('nodedown', Node)`` arrives in this mailbox.  The
+        helper connects to the node first if need be, so this may take
+        as long as :func:`erlang.connect`.  Each call adds a monitor, and
+        each gives its own 'nodedown'.
+
+        Raises ``TypeError``/``ValueError`` for a bad node name,
+        :class:`Error` with reason ``notalive`` when the helper is not a
+        node (no ``node`` start option), :class:`MailboxClosed` once the
+        mailbox is closed.
+
+        >>> mb.monitor_node("w1@myhost")
+        >>> mb.receive()                  # after w1 went down
+        ('nodedown', Atom('w1@myhost'))
+        """
+        from ._dist import _node   # the same checks as rpc()'s
+        self._control("mailbox_monitor_node", _node(node))
+
     def demonitor(self, ref):
         """Removes a monitor made by :meth:`monitor` (its 'DOWN' message, if
         it is still in the Erlang process, is dropped)."""

@@ -17,6 +17,22 @@ from test_cluster import Cluster, cluster, nodes_of_test, unique, wait_connected
 A = erlang.Atom
 
 
+# ------------------------------------------------------------------ without distribution
+
+def test_monitor_node_without_distribution_raises_notalive():
+    # First in the module: the suite's default helper, no node yet.
+    if erlang.node() != "nonode@nohost":
+        pytest.skip("the helper is a node already")
+    with erlang.Mailbox() as mb:
+        with pytest.raises(erlang.Error) as e:
+            mb.monitor_node("w1@nohost")
+        assert e.value.reason == "notalive"
+        with pytest.raises(TypeError):
+            mb.monitor_node(5)
+        with pytest.raises(ValueError):
+            mb.monitor_node("no_at_sign")
+
+
 # ------------------------------------------------------------------ reached from other nodes
 
 def test_a_python_export_called_from_a_remote_node(cluster):
@@ -47,3 +63,31 @@ def test_a_named_mailbox_receives_from_a_remote_node(cluster):
                           [(A(name), me), ("hello", A("from_w1"), [1, 2])]) \
             == ("hello", "from_w1", [1, 2])
         assert mb.receive(timeout=10) == ("hello", "from_w1", [1, 2])
+
+
+# ------------------------------------------------------------------ monitor_node
+
+def test_monitor_node_gives_nodedown_when_the_node_is_killed(nodes_of_test):
+    node, proc = nodes_of_test.spawn_connected("mon")
+    with erlang.Mailbox() as mb:
+        mb.monitor_node(node)
+        mb.monitor_node(erlang.Atom(node))      # a second monitor: a second nodedown
+        time.sleep(0.2)
+        with pytest.raises(TimeoutError):
+            mb.receive(timeout=0)
+        proc.send_signal(signal.SIGKILL)
+        t0 = time.monotonic()
+        assert mb.receive(timeout=5) == ("nodedown", node)
+        assert time.monotonic() - t0 < 3
+        got = mb.receive(timeout=5)
+        assert got == ("nodedown", node) and isinstance(got[1], erlang.Atom)
+
+
+def test_monitor_node_of_an_unreachable_node_gives_nodedown_at_once(cluster):
+    nobody = "%s@%s" % (unique("nobody"), cluster.host)
+    with erlang.Mailbox() as mb:
+        mb.monitor_node(nobody)
+        assert mb.receive(timeout=10) == ("nodedown", nobody)
+        mb.close()
+        with pytest.raises(erlang.MailboxClosed):
+            mb.monitor_node(nobody)
