@@ -91,3 +91,117 @@ def test_monitor_node_of_an_unreachable_node_gives_nodedown_at_once(cluster):
         mb.close()
         with pytest.raises(erlang.MailboxClosed):
             mb.monitor_node(nobody)
+
+
+# ------------------------------------------------------------------ two Python processes
+
+CHILD = """
+import sys
+import erlang
+
+name, cookie, parent = sys.argv[1:4]
+erlang.start(node=name, cookie=cookie)
+
+
+@erlang.export
+def child_mul(a, b):
+    return a * b
+
+
+@erlang.export
+def child_calls_parent(x):
+    # Back into the parent's Python while the parent waits for this call.
+    return 10 * erlang.rpc(parent, "py", "call_python", ["parent_add", [x, 1]])
+
+
+# The child calls the parent on its own, too.
+print("RESULT", erlang.rpc(parent, "py", "call_python", ["parent_add", [40, 2]]), flush=True)
+print("READY", erlang.node(), flush=True)
+sys.stdin.read()          # until the parent closes stdin
+"""
+
+
+class Lines:
+    """The lines of a child's stdout, read by a thread (a select() on a
+    buffered pipe misses lines already in the buffer)."""
+
+    def __init__(self, proc):
+        import queue
+        import threading
+        self.proc = proc
+        self.q = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.q.put(line)
+        self.q.put(None)
+
+    def next(self, prefix, timeout=60.0):
+        """The next line that starts with prefix (the others are skipped),
+        prefix removed; fails the test if none comes within timeout."""
+        import queue
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail("no %r line from the child within %g s" % (prefix, timeout))
+            if line is None:
+                pytest.fail("the child exited (%s) before a %r line: %s"
+                            % (self.proc.wait(), prefix, self.proc.stderr.read()))
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+
+@pytest.fixture
+def as_pa(cluster):
+    """The helper as node pa_<pid>_<n> with the cluster's cookie; afterwards
+    the cluster's helper is back (same node name, same cookie)."""
+    from conftest import register_functions
+    erlang.stop()
+    erlang.start(node=unique("pa"), cookie=cluster.cookie)
+    try:
+        yield cluster
+    finally:
+        erlang.stop()
+        erlang.start(node=cluster.name, cookie=cluster.cookie, on_start=register_functions)
+
+
+def test_two_python_processes_call_each_others_exports(as_pa):
+    import subprocess
+    import sys
+    me = erlang.node()
+    assert str(me).startswith("pa_")
+    calls = []
+
+    def parent_add(a, b):
+        calls.append((a, b))
+        return a + b
+
+    erlang.export(parent_add)
+    child_name = unique("pb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, child_name, as_pa.cookie, str(me)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines = Lines(proc)
+    try:
+        assert lines.next("RESULT ") == "42"
+        child = lines.next("READY ")
+        assert child == "%s@%s" % (child_name, as_pa.host)
+        assert erlang.rpc(child, "py", "call_python", ["child_mul", [6, 7]]) == 42
+        # parent -> child -> parent, nested through both helpers.
+        assert erlang.rpc(child, "py", "call_python", ["child_calls_parent", [4]]) == 50
+        assert calls == [(40, 2), (4, 1)]
+        assert child in erlang.nodes()
+    finally:
+        erlang.unexport("parent_add")
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stderr.close()
+    assert proc.returncode == 0
