@@ -93,6 +93,38 @@ def test_monitor_node_of_an_unreachable_node_gives_nodedown_at_once(cluster):
             mb.monitor_node(nobody)
 
 
+# ------------------------------------------------------------------ an Elixir node
+
+def test_an_elixir_node_called_from_python(cluster):
+    import shutil
+    import subprocess
+    elixir = shutil.which("elixir")
+    if elixir is None:
+        # In CI Elixir is installed (.ci/run), so there this must run.
+        if os.environ.get("CI"):
+            pytest.fail("`elixir` is not on PATH, and CI must run this test")
+        pytest.skip("`elixir` is not on PATH (Debian/Ubuntu: apt-get install -y elixir)")
+    sname = unique("ex")
+    proc = subprocess.Popen(
+        [elixir, "--sname", sname, "--cookie", cluster.cookie,
+         "--erl", "-kernel inet_dist_use_interface {127,0,0,1}",
+         "-e", "Process.sleep(:infinity)"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        node = "%s@%s" % (sname, cluster.host)
+        wait_connected(node, timeout=60)
+        assert erlang.rpc(node, "Elixir.String", "upcase", ["abc"]) == "ABC"
+        assert erlang.rpc(node, "Elixir.Enum", "sum", [[1, 2, 3]]) == 6
+    finally:
+        # The elixir script may run erl as a child: the whole group goes.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
 # ------------------------------------------------------------------ two Python processes
 
 CHILD = """
