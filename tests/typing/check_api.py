@@ -178,6 +178,9 @@ def cluster() -> None:
     except NodeDown as e:
         down: str = e.node
         assert down == nobody and isinstance(e, ConnectionError)
+    with erlang.Mailbox() as mb:
+        mb.monitor_node(nobody)
+        assert mb.receive(timeout=10) == ("nodedown", nobody)
 
     async def main() -> None:
         assert await erlang.asyncio.rpc(me, "erlang", "node", timeout=5) == me
