@@ -78,3 +78,26 @@ def test_pubsub_example_feeds_a_mailbox_read_from_asyncio():
     out = run_example("pubsub.py")
     assert "events by topic: {'alerts': 100, 'orders': 100, 'prices': 100}" in out
     assert "subscribers left: 0" in out
+
+
+def test_cluster_fanout_example_spreads_200_calls_over_two_worker_nodes():
+    out = run_example("cluster_fanout.py")
+    counts = re.findall(r"^(fanout_w\d+_\d+@\S+): (\d+) calls$", out, re.M)
+    assert len(counts) == 2, out
+    assert [int(c) for _node, c in counts] == [100, 100], out
+    assert re.search(r"^total: 200 calls on 2 nodes in [\d.]+ s$", out, re.M), out
+    assert "worker nodes stopped: 2" in out
+    # ... and stopped they are: epmd lets go of them (as soon as it sees
+    # their connections close).
+    import shutil
+    import time
+    epmd = shutil.which("epmd")
+    if epmd:
+        deadline = time.monotonic() + 5
+        while True:
+            names = subprocess.run([epmd, "-names"], capture_output=True, text=True).stdout
+            left = [n for n, _c in counts if " %s " % n.split("@")[0] in names]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert not left, names
