@@ -22,6 +22,9 @@ Sections (see the README's "Benchmarks"):
     asyncio.gather of erlang.asyncio.call (default loop and uvloop), each
     against its baseline (floor (c), futures alone, asyncio alone)
  3c. memory per pending erlang.asyncio.call (fresh processes)
+ 3e. rpc to a worker node on loopback: sequential erlang.rpc and
+    erlang.rpc_async with 64 in flight, each against erpc driven from
+    inside the helper (the same hop, no Python)
  4. payload sizes
  5. codec alone, against erlpack (C) and erlang_py (pure Python)
  6. start-up: import erlang -> first reply, against a bare erl
@@ -29,6 +32,7 @@ Sections (see the README's "Benchmarks"):
 """
 import argparse
 import asyncio
+import collections
 import glob
 import json
 import os
@@ -65,12 +69,12 @@ FULL = dict(lat_rounds=31, lat_n=4000, tp_rounds=15, tp_calls=12000, pl_rounds=7
             codec_rounds=7, codec_time=0.04, start_rounds=11, cg_n=4000, st_n=3000,
             if_rounds=9, if_n=12800, if_c_calls=40000, if_seq_n=3000, if_gather_n=10000,
             mem_rounds=4, mem_n=10000, bd_rounds=3, bd_cb_n=3000, bd_msg_n=1000000,
-            bd_spont_n=200)
+            bd_spont_n=200, rpc_rounds=5, rpc_seq_n=3000, rpc_pipe_n=20000)
 QUICK = dict(lat_rounds=5, lat_n=2000, tp_rounds=2, tp_calls=4000, pl_rounds=2, pl_time=0.1,
              codec_rounds=3, codec_time=0.015, start_rounds=3, cg_n=1000, st_n=1000,
               if_rounds=2, if_n=3200, if_c_calls=10000, if_seq_n=1000, if_gather_n=2000,
              mem_rounds=1, mem_n=2000, bd_rounds=2, bd_cb_n=1000, bd_msg_n=100000,
-             bd_spont_n=50)
+             bd_spont_n=50, rpc_rounds=2, rpc_seq_n=500, rpc_pipe_n=4000)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -687,6 +691,117 @@ def section_both(cfg, floor, floor0):
     }
 
 
+# erpc driven from inside the helper: the hop of erlang.rpc without Python.
+# rpc_seq times N sequential erpc:calls one by one (median ns); rpc_pipe
+# keeps D erpc:send_requests in flight (FIFO: the oldest is waited for,
+# then one more is sent; one node answers in order anyway), N in all, and
+# returns the wall time in microseconds.
+RPC_SRC = r"""
+py:register_function(rpc_seq, fun([Node, N, Arg]) ->
+    Ts = [begin T0 = erlang:monotonic_time(),
+                Arg = erpc:call(Node, erlang, abs, [Arg]),
+                erlang:monotonic_time() - T0 end || _ <- lists:seq(1, N)],
+    Sorted = lists:sort(Ts),
+    erlang:convert_time_unit(lists:nth((N + 1) div 2, Sorted), native, nanosecond) end),
+py:register_function(rpc_pipe, fun([Node, N, D, Arg]) ->
+    Send = fun() -> erpc:send_request(Node, erlang, abs, [Arg]) end,
+    Loop = fun Loop(Q, 0, 0) -> Q;
+               Loop(Q, Left, Out) ->
+                   {{value, Req}, Q1} = queue:out(Q),
+                   Arg = erpc:receive_response(Req),
+                   case Left of
+                       0 -> Loop(Q1, 0, Out - 1);
+                       _ -> Loop(queue:in(Send(), Q1), Left - 1, Out)
+                   end
+           end,
+    First = min(D, N),
+    T0 = erlang:monotonic_time(),
+    Q0 = queue:from_list([Send() || _ <- lists:seq(1, First)]),
+    _ = Loop(Q0, N - First, First),
+    erlang:convert_time_unit(erlang:monotonic_time() - T0, native, microsecond) end),
+ok.
+"""
+
+
+def start_rpc_worker(cookie):
+    """A plain erl node on loopback for the rpc section; returns (its name,
+    its Popen)."""
+    import socket
+    sname = "bench_w_%d" % os.getpid()
+    proc = subprocess.Popen(
+        ["erl", "-noshell", "-noinput", "-sname", sname, "-setcookie", cookie,
+         "-kernel", "inet_dist_use_interface", "{127,0,0,1}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    node = "%s@%s" % (sname, socket.gethostname().split(".")[0])
+    deadline = time.monotonic() + 30
+    while not erlang.connect(node):
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the rpc worker node %s did not answer" % node)
+        time.sleep(0.1)
+    return node, proc
+
+
+def section_rpc(cfg):
+    """rpc to another node on loopback (issue 12): sequential erlang.rpc
+    (median us) against sequential erpc:call from a process of the helper,
+    and erlang.rpc_async with 64 in flight (calls/s) against 64
+    erpc:send_request in flight from the helper.  The helper is restarted as
+    a node for this section, with a worker `erl -sname` node; both are
+    stopped at the end."""
+    import secrets
+    rounds, n_seq, n_pipe = cfg["rpc_rounds"], cfg["rpc_seq_n"], cfg["rpc_pipe_n"]
+    depth = IN_FLIGHT
+    log("== rpc to a worker node on loopback: %d sequential, %d with %d in flight, against erpc "
+        "from inside the helper; %d rounds" % (n_seq, n_pipe, depth, rounds))
+    cookie = secrets.token_hex(16)
+    erlang.stop()
+    erlang.start(node="bench_%d" % os.getpid(), cookie=cookie)
+    node, proc = start_rpc_worker(cookie)
+    raw = {"seq": [], "erpc_seq": [], "pipe": [], "erpc_pipe": []}
+    pc = time.perf_counter_ns
+    try:
+        erlang.eval(RPC_SRC)
+        assert erlang.rpc(node, "erlang", "abs", [ARG]) == ARG
+        for r in range(rounds):
+            ns = erlang.call("rpc_seq", erlang.Atom(node), n_seq, ARG)
+            raw["erpc_seq"].append({"median_us": ns / 1e3})
+            samples = [0] * n_seq
+            rpc = erlang.rpc
+            for i in range(n_seq):
+                t0 = pc()
+                rpc(node, "erlang", "abs", [ARG])
+                samples[i] = pc() - t0
+            raw["seq"].append({"median_us": statistics.median(samples) / 1e3})
+            us = erlang.call("rpc_pipe", erlang.Atom(node), n_pipe, depth, ARG)
+            raw["erpc_pipe"].append({"calls_per_s": n_pipe / (us / 1e6)})
+            rpc_async = erlang.rpc_async
+            window = collections.deque()
+            t0 = time.perf_counter()
+            for i in range(n_pipe):
+                if len(window) >= depth:
+                    assert window.popleft().result() == ARG
+                window.append(rpc_async(node, "erlang", "abs", [ARG]))
+            while window:
+                assert window.popleft().result() == ARG
+            raw["pipe"].append({"calls_per_s": n_pipe / (time.perf_counter() - t0)})
+    finally:
+        proc.kill()
+        proc.wait()
+        erlang.stop()
+    return {
+        "seq_median_us": med(x["median_us"] for x in raw["seq"]),
+        "erpc_seq_median_us": med(x["median_us"] for x in raw["erpc_seq"]),
+        "seq_ratio_to_erpc": med(a["median_us"] / b["median_us"]
+                                 for a, b in zip(raw["seq"], raw["erpc_seq"])),
+        "pipe_per_s": med(x["calls_per_s"] for x in raw["pipe"]),
+        "erpc_pipe_per_s": med(x["calls_per_s"] for x in raw["erpc_pipe"]),
+        "pipe_ratio_to_erpc": round_ratio(raw["pipe"], raw["erpc_pipe"]),
+        "in_flight": depth, "rounds": raw,
+    }
+
+
 def section_memory(cfg):
     """Python-side memory per pending erlang.asyncio.call, against a task
     pending on a plain future; each measurement in a fresh process
@@ -1125,6 +1240,15 @@ def targets(res):
         t.append(("erlang.send Python -> Erlang >= 0.5 x floor (c) depth 256", "%.2f x" % r, r >= 0.5))
         t.append(("py:call_python from 64 Erlang processes at once, python_workers=8 (information)",
                   "%.0f/s" % bd["spontaneous_per_s"], None))
+    rp = res.get("rpc")
+    if rp:
+        t.append(("sequential erlang.rpc to a node on loopback x erpc:call from inside the helper "
+                  "(%.1f us vs %.1f us) (information)" % (rp["seq_median_us"], rp["erpc_seq_median_us"]),
+                  "%.2f x" % rp["seq_ratio_to_erpc"], None))
+        t.append(("erlang.rpc_async, %d in flight x %d erpc:send_request in flight from the helper "
+                  "(%.0f/s vs %.0f/s) (information)" % (rp["in_flight"], rp["in_flight"],
+                                                        rp["pipe_per_s"], rp["erpc_pipe_per_s"]),
+                  "%.2f x" % rp["pipe_ratio_to_erpc"], None))
     mem = res.get("memory")
     if mem:
         x = mem["rss"]["extra_bytes_per_call"]
@@ -1307,6 +1431,21 @@ def report(res):
                  "Python receiving in a loop; erlang.send of as many to a counting process; "
                  "callback: erlang.call of a function that calls py:call_python back"
                  % bd["messages"])
+    rp = res.get("rpc")
+    if rp:
+        L.append("\n## 3e. rpc to a worker node on loopback (median over rounds; ratios within "
+                 "each round)")
+        L.append(table([
+            ["sequential erlang.rpc, median us", "%.1f" % rp["seq_median_us"],
+             "sequential erpc:call in the helper", "%.1f" % rp["erpc_seq_median_us"],
+             "%.2f" % rp["seq_ratio_to_erpc"], "(information)"],
+            ["erlang.rpc_async, %d in flight, /s" % rp["in_flight"], "%.0f" % rp["pipe_per_s"],
+             "%d erpc:send_request in flight" % rp["in_flight"], "%.0f" % rp["erpc_pipe_per_s"],
+             "%.2f" % rp["pipe_ratio_to_erpc"], "(information)"],
+        ], ["", "ours", "baseline", "baseline", "ratio", "target"]))
+        L.append("erlang:abs(42) on an `erl -sname` worker node; the baselines run the same erpc "
+                 "calls from a process of the helper (registered funs), so the ratio is what "
+                 "Python and the channel add to the distribution hop")
     mem = res.get("memory")
     if mem:
         L.append("\n## 3c. Memory of %d pending asyncio tasks (bytes per task; a fresh process each)"
@@ -1457,6 +1596,7 @@ def main():
         floor0.close()
     erlang.stop()
     res["memory"] = section_memory(cfg)
+    res["rpc"] = section_rpc(cfg)
     if "codec" not in skip:
         res["codec"] = section_codec(cfg, a.erlang_py_dir)
     res["startup"] = section_startup(cfg, erl, a.floor, argv)
