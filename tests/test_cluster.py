@@ -8,6 +8,7 @@ its fixture's teardown.
 """
 import asyncio
 import itertools
+import logging
 import os
 import pickle
 import secrets
@@ -343,6 +344,27 @@ def test_a_node_with_another_cookie_cannot_connect(nodes_of_test):
     assert node not in erlang.nodes()
     with pytest.raises(erlang.NodeDown):
         erlang.rpc(node, "erlang", "node", timeout=10)
+
+
+def test_a_connection_with_a_wrong_cookie_is_refused_and_logged(cluster, caplog):
+    # The node pings the helper with another cookie: the helper refuses the
+    # handshake, and its kernel's report reaches Python's logging.
+    caplog.set_level(logging.WARNING, logger="erlang")
+    bad = unique("badping")
+    r = subprocess.run(
+        ["erl", "-noshell", "-noinput", "-sname", bad, "-setcookie", secrets.token_hex(16),
+         "-kernel", "inet_dist_use_interface", "{127,0,0,1}",
+         "-eval", "io:format(\"~p~n\", [net_adm:ping('%s')]), halt()." % erlang.node()],
+        capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "pang"
+    deadline = time.monotonic() + 10
+    while not any(bad in rec.getMessage() and "rejected" in rec.getMessage()
+                  for rec in caplog.records):
+        assert time.monotonic() < deadline, [rec.getMessage() for rec in caplog.records]
+        time.sleep(0.05)
+    rec = next(rec for rec in caplog.records if bad in rec.getMessage())
+    assert rec.name.startswith("erlang") and rec.levelno >= logging.WARNING
+    assert not any(n.startswith(bad) for n in map(str, erlang.nodes()))
 
 
 # ------------------------------------------------------------------ calls
