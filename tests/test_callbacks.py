@@ -351,3 +351,22 @@ def test_callbacks_from_async_calls_run_on_the_pool():
 
     got = asyncio.run(main())
     assert [x for x, _ in got] == list(range(20))
+
+
+def test_ctrl_c_at_level_3_unwinds_every_level_and_the_thread_goes_on():
+    import _thread
+
+    @erlang.export
+    def py_down(n):
+        if n == 3:
+            threading.Timer(0.2, _thread.interrupt_main).start()
+            return erlang.call("sleep_ms", 5000)     # interrupted here
+        return erlang.call("down", n + 1)
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        erlang.call("down", 0)
+    assert time.monotonic() - t0 < 3
+    # Every level's Erlang call was cancelled; the thread's calls work.
+    assert erlang.call("double_it", 6) == 12
+    erlang.unexport("py_down")
