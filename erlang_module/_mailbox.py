@@ -33,6 +33,11 @@ _UNDEFINED = Atom("undefined")
 _PY = Atom("py")
 
 
+def _py(function, args, timeout=None):
+    """py:function(args...) in the helper (the mailbox requests)."""
+    return _erlang._request(_erlang.K_APPLY, (_PY, Atom(function), args), timeout)
+
+
 class MailboxClosed(RuntimeError):
     """The mailbox was closed (:meth:`Mailbox.close`) or its Erlang process
     exited (``exit(Pid, kill)`` from Erlang, for instance); ``reason`` is
@@ -103,8 +108,7 @@ class Mailbox:
             self._waker.close()
             raise
         try:
-            self.pid = _erlang._request(_erlang.K_APPLY,
-                                        (_PY, Atom("open_mailbox"), [self._id, reg]), None)
+            self.pid = _py("open_mailbox", [self._id, reg])
         except BaseException:
             _erlang._mbox_close(self._helper, self._id)
             self._waker.close()
@@ -363,7 +367,7 @@ class Mailbox:
     def _control(self, fn, arg):
         if self._closed:
             raise MailboxClosed(Atom("closed"), "the mailbox is closed")
-        return _erlang._request(_erlang.K_APPLY, (_PY, Atom(fn), [self.pid, arg]), None)
+        return _py(fn, [self.pid, arg])
 
     def close(self):
         """Closes the mailbox: its Erlang process exits (reason ``closed``)
@@ -377,7 +381,7 @@ class Mailbox:
             self._items.clear()
         try:
             if _erlang.is_running() and self._end is None:
-                _erlang._request(_erlang.K_APPLY, (_PY, Atom("close_mailbox"), [self.pid]), 10.0)
+                _py("close_mailbox", [self.pid], 10.0)
         except Exception:
             pass     # the helper is gone: so is the process
         finally:
@@ -418,5 +422,5 @@ def whereis(name):
     """The :class:`Pid` registered under ``name`` (str or Atom) in the
     helper, or None.  Never creates an atom."""
     key = str(_name_of(name)).encode("utf-8")
-    r = _erlang._request(_erlang.K_APPLY, (_PY, Atom("whereis"), [key]), None)
+    r = _py("whereis", [key])
     return r if isinstance(r, Pid) else None

@@ -522,19 +522,32 @@ begin_frame(erpy_worker *w, int kind)
  * version byte included), releasing the GIL while it waits for the
  * channel.  Returns 0 or -1 with an exception set (out of memory; a helper
  * that is gone is not an error here: its reader reports it). */
+/* Builds the whole frame (length, header, payload) in out.  Returns 0 or -1
+ * with MemoryError set (out is freed by the caller either way). */
+static int
+build_frame(erpy_buf *out, int kind, uint32_t worker, uint32_t seq, const char *payload,
+            size_t plen)
+{
+    if (erpy_buf_reserve(out, 4 + ERPY_HEADER_SIZE + plen) < 0)
+        return -1;
+    erpy_put_be32(out->data, (uint32_t)(ERPY_HEADER_SIZE + plen));
+    out->data[4] = (char)kind;
+    erpy_put_be32(out->data + 5, worker);
+    erpy_put_be32(out->data + 9, seq);
+    memcpy(out->data + 4 + ERPY_HEADER_SIZE, payload, plen);
+    out->len = 4 + ERPY_HEADER_SIZE + plen;
+    return 0;
+}
+
 static int
 write_frame(erpy_helper *b, int kind, uint32_t worker, uint32_t seq, const char *payload,
             size_t plen)
 {
     erpy_buf out = {0};
-    if (erpy_buf_reserve(&out, 4 + ERPY_HEADER_SIZE + plen) < 0)
+    if (build_frame(&out, kind, worker, seq, payload, plen) < 0) {
+        erpy_buf_free(&out);
         return -1;
-    erpy_put_be32(out.data, (uint32_t)(ERPY_HEADER_SIZE + plen));
-    out.data[4] = (char)kind;
-    erpy_put_be32(out.data + 5, worker);
-    erpy_put_be32(out.data + 9, seq);
-    memcpy(out.data + 4 + ERPY_HEADER_SIZE, payload, plen);
-    out.len = 4 + ERPY_HEADER_SIZE + plen;
+    }
     Py_BEGIN_ALLOW_THREADS
     (void)erpy_helper_write(b, out.data, out.len, UINT64_MAX);
     Py_END_ALLOW_THREADS
@@ -1617,23 +1630,18 @@ m_post_frame(PyObject *module, PyObject *args)
     erpy_helper *b = running_helper();
     int ok = b != NULL;
     if (b != NULL) {
-        size_t len = 4 + ERPY_HEADER_SIZE + (size_t)payload.len;
-        char *frame = PyMem_RawMalloc(len);
-        if (frame == NULL) {
+        erpy_buf frame = {0};
+        if (build_frame(&frame, kind, 0, seq, payload.buf, (size_t)payload.len) < 0) {
+            erpy_buf_free(&frame);
             helper_unref(b);
             PyBuffer_Release(&payload);
-            return PyErr_NoMemory();
+            return NULL;
         }
-        erpy_put_be32(frame, (uint32_t)(len - 4));
-        frame[4] = (char)kind;
-        erpy_put_be32(frame + 5, 0);
-        erpy_put_be32(frame + 9, seq);
-        memcpy(frame + 4 + ERPY_HEADER_SIZE, payload.buf, (size_t)payload.len);
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = erpy_helper_post(b, frame, len);
+        rc = erpy_helper_post(b, frame.data, frame.len);
         Py_END_ALLOW_THREADS
-        PyMem_RawFree(frame);
+        erpy_buf_free(&frame);
         helper_unref(b);
         if (rc == ENOMEM) {
             PyBuffer_Release(&payload);
