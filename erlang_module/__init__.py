@@ -128,7 +128,7 @@ def load_module(path_or_source, timeout=None):
 def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
           call_timeout=None, binaries="str", on_start=None, env=None,
           after_fork="restart", elixir=False, python_workers=8, node=None,
-          cookie=None, dist="loopback", hidden=False, net_ticktime=None):
+          cookie=None, dist="loopback", hidden=False, net_ticktime=None, tls=None):
     """Starts the helper explicitly (otherwise the first call starts it with
     the default options).  Keyword options:
 
@@ -167,14 +167,20 @@ def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
     ``hidden``        True: a hidden node (default False)
     ``net_ticktime``  seconds (int) after which a silent peer counts as
                       down (default None: OTP's, 60)
+    ``tls``           distribution over TLS: a dict with ``certfile`` (this
+                      node's certificate), ``keyfile`` (its private key;
+                      default: in certfile) and ``cacertfile`` (the CA that
+                      signs every node's certificate).  Peers are verified
+                      both ways; a node without a certificate that
+                      cacertfile trusts cannot connect (default None: TCP)
 
     After the helper dies, the next call starts a new one with the same
     options; the options of a start that failed are kept too.
 
     Raises ``RuntimeError`` when a helper is already running (call
     :func:`stop` first); ``TypeError``/``ValueError`` for a bad option,
-    ``FileNotFoundError`` for a missing ``modules`` file (before anything
-    starts); :class:`HelperExited` when ``erl`` is not found, the helper's
+    ``FileNotFoundError`` for a missing ``modules`` or ``tls`` file (before
+    anything starts); :class:`HelperExited` when ``erl`` is not found, the helper's
     files are missing, or the helper cannot start or sends no hello within
     ``timeout`` (with its exit status and stderr), or distribution cannot
     start (e.g. epmd already has a node of that name); whatever ``on_start`` or
@@ -186,7 +192,7 @@ def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
                   timeout=timeout, call_timeout=call_timeout, binaries=binaries,
                   on_start=on_start, env=env, after_fork=after_fork, elixir=elixir,
                   python_workers=python_workers, node=node, cookie=cookie, dist=dist,
-                  hidden=hidden, net_ticktime=net_ticktime)
+                  hidden=hidden, net_ticktime=net_ticktime, tls=tls)
 
 
 def stop(timeout=5.0):

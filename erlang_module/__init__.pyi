@@ -125,6 +125,7 @@ def start(
     dist: Literal["loopback", "all"] = ...,
     hidden: bool = ...,
     net_ticktime: Optional[int] = ...,
+    tls: Optional[Mapping[str, _AnyPath]] = ...,
 ) -> None: ...
 def call_async(name: Union[str, bytes], /, *args: Any, timeout: _Timeout = ...) -> Future[Any]: ...
 def apply_async(

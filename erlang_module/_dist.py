@@ -88,6 +88,11 @@ def start_distribution(options, env):
     from ._helper import node_name
 
     name, domain = node_name(options["node"])
+    if options.get("tls") is not None and \
+            _call("code", "which", [Atom("inet_tls_dist")]) == "non_existing":
+        raise HelperExited("start option 'tls': distribution over TLS needs Erlang's ssl "
+                           "application, which this Erlang does not have (Debian/Ubuntu: "
+                           "apt-get install -y erlang-ssl)")
     _ensure_epmd(options, env)
     cookie = options.get("cookie")
     if cookie is None:

@@ -25,7 +25,7 @@ EBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "priv", "ebin")
 _ALLOWED = {
     "erl", "args", "code_path", "modules", "timeout", "call_timeout",
     "binaries", "on_start", "env", "after_fork", "elixir", "python_workers",
-    "node", "cookie", "dist", "hidden", "net_ticktime",
+    "node", "cookie", "dist", "hidden", "net_ticktime", "tls",
 }
 
 _lock = threading.RLock()      # start/stop/autostart
@@ -214,6 +214,63 @@ def _check_dist(options):
                             "not %s" % type(tick).__name__)
         if tick < 1:
             raise ValueError("start option 'net_ticktime' must be >= 1 (seconds)")
+    tls = options.get("tls")
+    if tls is not None:
+        if node is None:
+            raise ValueError("start option 'tls' needs 'node': TLS is for distribution")
+        tls_files(tls)
+        for a in options.get("args") or ():
+            if os.fsdecode(a) in ("-proto_dist", "-ssl_dist_opt", "-ssl_dist_optfile"):
+                raise ValueError("start option 'tls' and %r in 'args' both configure the "
+                                 "distribution protocol: give only one" % os.fsdecode(a))
+
+
+# What a file of the `tls` start option must hold: its PEM block's label.
+_TLS_KEYS = {"certfile": "CERTIFICATE", "keyfile": "PRIVATE KEY",
+             "cacertfile": "CERTIFICATE"}
+
+
+def tls_files(tls):
+    """The `tls` start option checked, as {"certfile", "keyfile",
+    "cacertfile"} of absolute paths (keyfile defaults to certfile, which
+    then holds the key too).  Raises TypeError/ValueError for a bad option,
+    FileNotFoundError/PermissionError for a file that cannot be read, and
+    ValueError for one that holds no PEM block of its kind: each would
+    otherwise show only when a peer connects, as a failed TLS handshake."""
+    if not isinstance(tls, Mapping):
+        raise TypeError("start option 'tls' must be a dict with 'certfile', 'keyfile' and "
+                        "'cacertfile', not %s" % type(tls).__name__)
+    unknown = sorted(map(str, set(tls) - set(_TLS_KEYS)))
+    if unknown:
+        raise ValueError("start option 'tls': unknown key(s) %s (known: certfile, keyfile, "
+                         "cacertfile)" % ", ".join(unknown))
+    for k in ("certfile", "cacertfile"):
+        if k not in tls:
+            raise ValueError("start option 'tls' needs %r" % k)
+    files = {}
+    for k in _TLS_KEYS:
+        v = tls.get(k, tls["certfile"] if k == "keyfile" else None)
+        if not isinstance(v, (str, bytes, os.PathLike)):
+            raise TypeError("start option 'tls': %r must be a path, not %s"
+                            % (k, type(v).__name__))
+        path = os.path.abspath(os.fsdecode(v))
+        try:
+            with open(path, "rb") as f:
+                text = f.read(1 << 20)
+        except FileNotFoundError:
+            raise FileNotFoundError("start option 'tls': %s: no such file: %r"
+                                    % (k, path)) from None
+        except IsADirectoryError:
+            raise ValueError("start option 'tls': %s: %r is a directory" % (k, path)) from None
+        except PermissionError:
+            raise PermissionError("start option 'tls': %s: cannot read %r"
+                                  % (k, path)) from None
+        label = _TLS_KEYS[k]
+        if not re.search(rb"-----BEGIN [A-Z ]*" + label.encode() + rb"-----", text):
+            raise ValueError("start option 'tls': %s %r holds no PEM %s (-----BEGIN %s-----)"
+                             % (k, path, label.lower(), label))
+        files[k] = path
+    return files
 
 
 def _is_number(v):
@@ -277,9 +334,28 @@ def command_line(options):
         argv += ["-py", "elixir", "true"]
     for d in options.get("code_path") or ():
         argv += ["-pa", os.fspath(d)]
+    tls = options.get("tls")
+    if tls is not None:
+        argv += _tls_args(tls_files(tls))
     argv += [os.fspath(a) for a in options.get("args") or ()]
     # `-s` takes the plain words after it as arguments: keep it last.
     argv += ["-user", "py_user", "-s", "py_boot", "start"]
+    return argv
+
+
+def _tls_args(files):
+    """erl flags for distribution over TLS (inet_tls_dist) with these files:
+    both sides of every connection present their certificate and verify the
+    peer's against cacertfile; a client also checks that the certificate of
+    the node it connects to names that node's host.  Only paths go in argv:
+    net_kernel reads -proto_dist when distribution starts, at run time."""
+    argv = ["-proto_dist", "inet_tls"]
+    opts = [("certfile", files["certfile"]), ("keyfile", files["keyfile"]),
+            ("cacertfile", files["cacertfile"]), ("verify", "verify_peer")]
+    for side, extra in (("server", [("fail_if_no_peer_cert", "true")]), ("client", [])):
+        argv.append("-ssl_dist_opt")
+        for k, v in opts + extra:
+            argv += ["%s_%s" % (side, k), v]
     return argv
 
 

@@ -70,7 +70,7 @@ def test_start_signature_names_every_start_option_keyword_only():
     assert ps["timeout"].default == 30.0
     assert ps["node"].default is None and ps["cookie"].default is None
     assert ps["dist"].default == "loopback" and ps["hidden"].default is False
-    assert ps["net_ticktime"].default is None
+    assert ps["net_ticktime"].default is None and ps["tls"].default is None
 
 
 def test_every_public_function_is_in_the_table():

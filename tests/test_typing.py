@@ -94,6 +94,7 @@ erlang.start(node=1)  # E
 erlang.start(dist="everywhere")  # E
 erlang.start(net_ticktime=1.5)  # E
 erlang.start(hidden="yes")  # E
+erlang.start(tls=["cert.pem"])  # E
 erlang.rpc(1, "erlang", "node")  # E
 erlang.connect(b"w1@host")  # E
 down: int = erlang.NodeDown("w1@host").node  # E

@@ -162,7 +162,7 @@ def cluster() -> None:
 
     erlang.stop()
     erlang.start(node="check_api_%d" % os.getpid(), cookie="check-api-cookie",
-                 dist="loopback", hidden=False, net_ticktime=None)
+                 dist="loopback", hidden=False, net_ticktime=None, tls=None)
     me: Atom = erlang.node()
     connected: list[Atom] = erlang.nodes()
     assert connected == []
