@@ -24,7 +24,7 @@ Sections (see the README's "Benchmarks"):
  3c. memory per pending erlang.asyncio.call (fresh processes)
  3e. rpc to a worker node on loopback: sequential erlang.rpc and
     erlang.rpc_async with 64 in flight, each against erpc driven from
-    inside the helper (the same hop, no Python)
+    inside the helper (the same hop, no Python); over TCP, then over TLS
  4. payload sizes
  5. codec alone, against erlpack (C) and erlang_py (pure Python)
  6. start-up: import erlang -> first reply, against a bare erl
@@ -723,16 +723,45 @@ ok.
 """
 
 
-def start_rpc_worker(cookie):
-    """A plain erl node on loopback for the rpc section; returns (its name,
+def make_tls_files(d, host):
+    """A CA and one node certificate it signs (naming `host`), made with
+    openssl in directory d, for rpc over TLS: {"certfile", "keyfile",
+    "cacertfile"}, or None without openssl."""
+    import shutil
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+
+    def run(*args):
+        subprocess.run([openssl, *args], cwd=d, check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", "ca.key",
+        "-out", "ca.pem", "-subj", "/CN=bench-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr",
+        "-subj", "/CN=bench-node")
+    with open(os.path.join(d, "node.ext"), "w") as f:
+        f.write("subjectAltName=DNS:%s,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                "extendedKeyUsage=serverAuth,clientAuth\n" % host)
+    run("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-out", "node.pem", "-extfile", "node.ext")
+    return {k: os.path.join(d, v) for k, v in
+            (("certfile", "node.pem"), ("keyfile", "node.key"), ("cacertfile", "ca.pem"))}
+
+
+def start_rpc_worker(cookie, tls=None):
+    """A plain erl node on loopback for the rpc section (over TLS with the
+    files of `tls`, as the helper's tls= option has it); returns (its name,
     its Popen)."""
     import socket
     sname = "bench_w_%d" % os.getpid()
-    proc = subprocess.Popen(
-        ["erl", "-noshell", "-noinput", "-sname", sname, "-setcookie", cookie,
-         "-kernel", "inet_dist_use_interface", "{127,0,0,1}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+    argv = ["erl", "-noshell", "-noinput", "-sname", sname, "-setcookie", cookie,
+            "-kernel", "inet_dist_use_interface", "{127,0,0,1}"]
+    if tls:
+        from erlang._helper import _tls_args
+        argv += _tls_args(tls)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     node = "%s@%s" % (sname, socket.gethostname().split(".")[0])
     deadline = time.monotonic() + 30
     while not erlang.connect(node):
@@ -747,18 +776,33 @@ def section_rpc(cfg):
     """rpc to another node on loopback (issue 12): sequential erlang.rpc
     (median us) against sequential erpc:call from a process of the helper,
     and erlang.rpc_async with 64 in flight (calls/s) against 64
-    erpc:send_request in flight from the helper.  The helper is restarted as
-    a node for this section, with a worker `erl -sname` node; both are
+    erpc:send_request in flight from the helper; over TCP, then (with
+    openssl to make certificates) over TLS.  The helper is restarted as a
+    node for this section, with a worker `erl -sname` node; both are
     stopped at the end."""
+    out = rpc_rounds(cfg, None)
+    with tempfile.TemporaryDirectory() as d:
+        import socket
+        tls = make_tls_files(d, socket.gethostname().split(".")[0])
+        if tls is not None:
+            out["tls"] = rpc_rounds(cfg, tls)
+            # TLS against TCP, both from this section's medians.
+            out["tls"]["seq_ratio_to_tcp"] = out["tls"]["seq_median_us"] / out["seq_median_us"]
+            out["tls"]["pipe_ratio_to_tcp"] = out["tls"]["pipe_per_s"] / out["pipe_per_s"]
+    return out
+
+
+def rpc_rounds(cfg, tls):
     import secrets
     rounds, n_seq, n_pipe = cfg["rpc_rounds"], cfg["rpc_seq_n"], cfg["rpc_pipe_n"]
     depth = IN_FLIGHT
-    log("== rpc to a worker node on loopback: %d sequential, %d with %d in flight, against erpc "
-        "from inside the helper; %d rounds" % (n_seq, n_pipe, depth, rounds))
+    log("== rpc to a worker node on loopback%s: %d sequential, %d with %d in flight, against "
+        "erpc from inside the helper; %d rounds"
+        % (" over TLS" if tls else "", n_seq, n_pipe, depth, rounds))
     cookie = secrets.token_hex(16)
     erlang.stop()
-    erlang.start(node="bench_%d" % os.getpid(), cookie=cookie)
-    node, proc = start_rpc_worker(cookie)
+    erlang.start(node="bench_%d" % os.getpid(), cookie=cookie, tls=tls)
+    node, proc = start_rpc_worker(cookie, tls)
     raw = {"seq": [], "erpc_seq": [], "pipe": [], "erpc_pipe": []}
     pc = time.perf_counter_ns
     try:
@@ -1446,6 +1490,18 @@ def report(res):
         L.append("erlang:abs(42) on an `erl -sname` worker node; the baselines run the same erpc "
                  "calls from a process of the helper (registered funs), so the ratio is what "
                  "Python and the channel add to the distribution hop")
+        t = rp.get("tls")
+        if t:
+            L.append("\nOver TLS (tls= on the helper, inet_tls on the worker; certificates "
+                     "made by openssl for the run):")
+            L.append(table([
+                ["sequential erlang.rpc, median us", "%.1f" % t["seq_median_us"],
+                 "%.1f" % t["erpc_seq_median_us"], "%.2f" % t["seq_ratio_to_erpc"],
+                 "%.2f" % t["seq_ratio_to_tcp"]],
+                ["erlang.rpc_async, %d in flight, /s" % t["in_flight"], "%.0f" % t["pipe_per_s"],
+                 "%.0f" % t["erpc_pipe_per_s"], "%.2f" % t["pipe_ratio_to_erpc"],
+                 "%.2f" % t["pipe_ratio_to_tcp"]],
+            ], ["", "ours", "erpc in the helper, over TLS", "ratio", "TLS ÷ TCP (ours)"]))
     mem = res.get("memory")
     if mem:
         L.append("\n## 3c. Memory of %d pending asyncio tasks (bytes per task; a fresh process each)"
