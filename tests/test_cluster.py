@@ -391,6 +391,34 @@ def test_rpc_both_ways(cluster):
                       [me, A("py"), A("call"), [A("double_it"), [21]]]) == 42
 
 
+def test_messages_both_ways_with_a_remote_process(cluster):
+    # A process on w1, registered there, echoes what Python sends it, by
+    # name and by pid, to the mailbox the message names.
+    name = unique("echo")
+    pid = erlang.eval(
+        "spawn('%s', fun() -> register('%s', self()), Loop = fun(L) -> receive "
+        "{From, M} -> From ! {echoed, node(), M}, L(L) end end, Loop(Loop) end)."
+        % (cluster.w1, name))
+    assert isinstance(pid, erlang.Pid)
+    with erlang.Mailbox() as mb:
+        deadline = time.monotonic() + 10
+        while erlang.rpc(cluster.w1, "erlang", "whereis", [erlang.Atom(name)]) != pid:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        erlang.send((name, cluster.w1), (mb.pid, "by name"))
+        erlang.send((erlang.Atom(name), erlang.Atom(cluster.w1)), (mb.pid, ("as", "atoms")))
+        erlang.send(pid, (mb.pid, [1, 2, 3]))
+        got = [mb.receive(timeout=10) for _ in range(3)]
+        assert got == [("echoed", cluster.w1, "by name"), ("echoed", cluster.w1, ("as", "atoms")),
+                       ("echoed", cluster.w1, [1, 2, 3])]
+        # A name nobody holds on the remote node: the message is dropped
+        # there, as with `!`; nothing arrives and nothing raises.
+        erlang.send((unique("nobody"), cluster.w1), (mb.pid, "lost"))
+        erlang.send(pid, (mb.pid, "after"))
+        assert mb.receive(timeout=10) == ("echoed", cluster.w1, "after")
+    erlang.rpc(cluster.w1, "erlang", "exit", [pid, erlang.Atom("kill")])
+
+
 def test_a_remote_exception_is_an_error_not_nodedown(cluster):
     with pytest.raises(erlang.Error) as e:
         erlang.rpc(cluster.w1, "erlang", "error", ["boom"])
