@@ -47,6 +47,10 @@ class _Report:
     def ok(self, text):
         print("%s %s" % (self.ok_mark, text), flush=True)
 
+    def note(self, text, fix):
+        """Something only some programs need: said, not counted as failed."""
+        print("- %s\n    fix: %s" % (text, fix), flush=True)
+
     def bad(self, text, fix):
         self.failed += 1
         print("%s %s\n    fix: %s" % (self.bad_mark, text, fix), flush=True)
@@ -143,6 +147,16 @@ def _doctor_helper(r, erl):
             else:
                 r.bad("one call round trip returned %r, not 2" % (value,),
                       "reinstall the package: pip install .")
+        # Only tls= needs it, so a missing ssl is said, not counted.
+        ssl = erlang.eval("case code:lib_dir(ssl) of {error, _} -> false; D -> "
+                          "filename:basename(D) end.", timeout=5)
+        if ssl and erlang.apply("code", "which", [erlang.Atom("inet_tls_dist")]) != \
+                "non_existing":
+            r.ok("TLS distribution available (%s)" % "".join(map(chr, ssl)))
+        else:
+            r.note("TLS distribution (start option tls=) not available: Erlang's ssl "
+                   "application is missing",
+                   "Debian/Ubuntu: apt-get install -y erlang-ssl")
     finally:
         erlang.stop()
     ok, what = _check_distribution(erl)
@@ -151,7 +165,7 @@ def _doctor_helper(r, erl):
     else:
         r.bad("distribution cannot start: %s" % what,
               "start epmd (`epmd -daemon`) and make sure this host's name "
-              "resolves (`hostname` in /etc/hosts); only needed for -sname/-name")
+              "resolves (`hostname` in /etc/hosts); only needed for start(node=...)")
 
 
 # ------------------------------------------------------------------ main
