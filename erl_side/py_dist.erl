@@ -16,12 +16,14 @@
 
 %% Starts distribution as Name (an atom: a short name such as py or py@host,
 %% or a long name py@host.domain, as NameDomain says), listening on
-%% 127.0.0.1 only when Loopback is true, then sets the cookie (a binary).
+%% 127.0.0.1 only when Loopback is true, then sets the cookie (a binary;
+%% default: kernel's auth has read ~/.erlang.cookie, creating it if need
+%% be, as for erl -sname).
 %% TickTime is net_ticktime in seconds, or default for OTP's.  Returns the
 %% node's name, or {error, Reason}: {name_in_use, Name} when epmd already
 %% knows a node of that name, else what net_kernel:start/2 returned.
 -spec start(atom(), shortnames | longnames, boolean(), boolean(),
-            pos_integer() | default, binary()) -> node() | {error, term()}.
+            pos_integer() | default, binary() | default) -> node() | {error, term()}.
 start(Name, NameDomain, Loopback, Hidden, TickTime, Cookie) ->
     case Loopback of
         %% Read by inet_tcp_dist when net_kernel opens its listen socket:
@@ -39,6 +41,8 @@ start(Name, NameDomain, Loopback, Hidden, TickTime, Cookie) ->
                        _ -> Opts0#{net_ticktime => TickTime}
                    end,
             case net_kernel:start(Name, Opts) of
+                {ok, _Pid} when Cookie =:= default ->
+                    node();
                 {ok, _Pid} ->
                     true = erlang:set_cookie(binary_to_atom(Cookie, utf8)),
                     node();

@@ -158,9 +158,9 @@ def start(*, erl=None, args=(), code_path=(), modules=(), timeout=30.0,
                       py@<this host>), ``"py@host"`` (short), or
                       ``"py@host.domain"`` (a long name); default None: no
                       distribution, and no epmd is started
-    ``cookie``        the node's cookie (str); default: a random one made
-                      at each start.  It is sent over the channel, never
-                      put in the helper's argv or environment
+    ``cookie``        the node's cookie (str), sent over the channel, never
+                      put in the helper's argv or environment; default:
+                      erl's, from ~/.erlang.cookie (made if missing)
     ``dist``          ``"loopback"`` (default): distribution listens on
                       127.0.0.1 only (and epmd, if the start starts it);
                       ``"all"``: on every interface

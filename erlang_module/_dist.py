@@ -95,26 +95,44 @@ def start_distribution(options, env):
                            "apt-get install -y erlang-ssl)")
     _ensure_epmd(options, env)
     cookie = options.get("cookie")
-    if cookie is None:
-        # No cookie given: one of our own for this start, so that only
-        # nodes the program tells it (erlang:set_cookie/2) can connect;
-        # ~/.erlang.cookie is never used.
-        import secrets
-        cookie = secrets.token_urlsafe(24)
     tick = options.get("net_ticktime")
+    # No cookie given: erl's, which kernel's auth reads from ~/.erlang.cookie
+    # (making one if there is none) when distribution starts.
     r = _call("py_dist", "start", [
         Atom(name), Atom(domain), options.get("dist", "loopback") == "loopback",
         bool(options.get("hidden", False)), Atom("default") if tick is None else tick,
-        cookie.encode("ascii")])
+        Atom("default") if cookie is None else cookie.encode("ascii")])
     if isinstance(r, tuple) and len(r) == 2 and r[0] == "error":
         why = r[1]
         if isinstance(why, tuple) and len(why) == 2 and why[0] == "name_in_use":
             raise HelperExited("cannot start distribution as %s: epmd already has a node "
                                "named %r on this host (pick another node name, or stop "
                                "that node)" % (name, str(why[1]).partition("@")[0]))
+        cookie_file = _cookie_file_error(why)
+        if cookie_file is not None:
+            raise HelperExited("cannot start distribution as %s: without cookie=, the node "
+                               "uses ~/.erlang.cookie as erl does, and %s (give cookie=, "
+                               "or set HOME through the env start option)"
+                               % (name, cookie_file))
         raise HelperExited("cannot start distribution as %s: net_kernel:start/2 returned "
                            "{error, %r}" % (name, why))
     return r
+
+
+def _cookie_file_error(why):
+    """auth's text when net_kernel:start/2 failed because kernel's auth
+    could not read or create the cookie file, else None:
+    {{shutdown, {failed_to_start_child, auth, {Text, Stack}}}, _}."""
+    try:
+        child = why[0][1]
+        if child[0] == "failed_to_start_child" and child[1] == "auth":
+            text = child[2][0]
+            if isinstance(text, list):
+                text = "".join(map(chr, text))
+            return text[0].lower() + text[1:] if isinstance(text, str) and text else None
+    except (TypeError, IndexError, KeyError, ValueError):
+        pass
+    return None
 
 
 # ------------------------------------------------------------------ helpers

@@ -334,6 +334,11 @@ def command_line(options):
         argv += ["-py", "elixir", "true"]
     for d in options.get("code_path") or ():
         argv += ["-pa", os.fspath(d)]
+    if options.get("node") is not None and options.get("cookie") is not None:
+        # The cookie comes over the channel (py_dist): kernel's auth must
+        # then neither read ~/.erlang.cookie nor make one when distribution
+        # starts, as it does without -setcookie.
+        argv.append("-nocookie")
     tls = options.get("tls")
     if tls is not None:
         argv += _tls_args(tls_files(tls))

@@ -2,10 +2,12 @@
 
     python examples/cluster_fanout.py                 # starts 2 worker nodes
     python examples/cluster_fanout.py --workers 4 --calls 1000
-    python examples/cluster_fanout.py --cookie SECRET w1@host w2@host   # joins those
+    python examples/cluster_fanout.py w1@host w2@host    # joins those (erl's cookie)
+    python examples/cluster_fanout.py --cookie SECRET w1@host w2@host
 
 The helper becomes a node (on loopback), starts N plain `erl -sname` worker
-nodes with the same cookie (or joins the nodes named on the command line),
+nodes with the same cookie (or joins the nodes named on the command line,
+with --cookie or else erl's own cookie, ~/.erlang.cookie),
 and spreads the calls over them round-robin with erlang.rpc_async: each
 call runs in an Erlang process of its own in the helper, so all are in
 flight at once.  It prints how many calls each node answered, and stops
@@ -68,11 +70,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("nodes", nargs="*", help="nodes to join instead of starting workers")
     parser.add_argument("--workers", type=int, default=2, help="worker nodes to start")
     parser.add_argument("--calls", type=int, default=200, help="calls to spread")
-    parser.add_argument("--cookie", help="the cluster's cookie (needed to join nodes)")
+    parser.add_argument("--cookie", help="the cluster's cookie (default, joining nodes: "
+                        "erl's, ~/.erlang.cookie; starting workers: a random one)")
     args = parser.parse_args(argv)
-    if args.nodes and not args.cookie:
-        parser.error("joining nodes needs their --cookie")
-    cookie: str = args.cookie or secrets.token_hex(16)
+    cookie: Optional[str] = args.cookie
+    worker_cookie = cookie or secrets.token_hex(16)    # for the workers it starts
+    if not args.nodes:
+        cookie = worker_cookie
 
     erlang.start(node="fanout_%d" % os.getpid(), cookie=cookie)
     print("this node:", erlang.node())
@@ -83,7 +87,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if not nodes:
             for n in range(1, args.workers + 1):
                 sname = "fanout_w%d_%d" % (n, os.getpid())
-                workers.append(start_worker(sname, cookie))
+                workers.append(start_worker(sname, worker_cookie))
                 nodes.append("%s@%s" % (sname, host))
         for node in nodes:
             wait_connected(node)

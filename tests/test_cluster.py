@@ -263,25 +263,65 @@ def test_the_cookie_is_in_neither_argv_nor_environment(cluster):
     assert erlang.apply("erlang", "get_cookie", []) == cluster.cookie
 
 
-def test_without_a_cookie_each_start_makes_a_random_one():
+def test_without_a_cookie_the_node_uses_erls_cookie_file(tmp_path):
+    # As erl does: $HOME/.erlang.cookie, made (20 letters, mode 0400) when
+    # there is none.  HOME is a directory of the test's own, shared with a
+    # plain erl node started without -setcookie, which connects.
+    home = str(tmp_path)
+    worker = unique("homew")
     code = """
-        import erlang, sys
-        cookies = []
-        for name in sys.argv[1:3]:
-            erlang.start(node=name)
-            cookies.append(erlang.apply("erlang", "get_cookie", []))
-            erlang.stop()
-        print("RESULT", cookies[0] != cookies[1], min(len(c) for c in cookies) >= 24)
+        import erlang, os, socket, stat, subprocess, sys, time
+        home, worker = sys.argv[1], sys.argv[2]
+        erlang.start(node=sys.argv[3], env={"HOME": home})
+        path = os.path.join(home, ".erlang.cookie")
+        with open(path) as f:
+            text = f.read()
+        print("RESULT", erlang.apply("erlang", "get_cookie", []) == text,
+              len(text) == 20 and text.isalpha(), oct(stat.S_IMODE(os.stat(path).st_mode)))
+        pid = erlang.info()["os_pid"]
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            print("RESULT", text.encode() not in f.read())
+        node = "%s@%s" % (worker, socket.gethostname().split(".")[0])
+        proc = subprocess.Popen(["erl", "-noshell", "-noinput", "-sname", worker,
+                                 "-kernel", "inet_dist_use_interface", "{127,0,0,1}"],
+                                env=dict(os.environ, HOME=home), stdin=subprocess.DEVNULL)
         try:
-            with open(sys.argv[3]) as f:
-                home = f.read().strip()
-        except OSError:
-            home = None
-        print("RESULT", home not in cookies)
+            deadline = time.monotonic() + 30
+            while not erlang.connect(node) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            print("RESULT", erlang.rpc(node, "erlang", "get_cookie") == text)
+            # A helper started again reads the same file.
+            erlang.stop()
+            erlang.start(node=sys.argv[4], env={"HOME": home})
+            print("RESULT", erlang.apply("erlang", "get_cookie", []) == text,
+                  erlang.connect(node))
+        finally:
+            proc.kill()
     """
-    proc = run_python(code, unique("py"), unique("py"),
-                      os.path.expanduser("~/.erlang.cookie"))
-    assert result_lines(proc) == ["True True", "True"], proc.stderr
+    proc = run_python(code, home, worker, unique("py"), unique("py"))
+    assert result_lines(proc) == ["True True 0o400", "True", "True", "True True"], \
+        proc.stdout + proc.stderr
+
+
+def test_a_cookie_file_that_cannot_be_made_fails_the_start_clearly(tmp_path):
+    # ... and with cookie= given, the file is neither needed nor made.
+    code = """
+        import erlang, os, sys
+        try:
+            erlang.start(node=sys.argv[1], env={"HOME": "/nonexistent/home"})
+        except erlang.HelperExited as e:
+            print("RESULT", "~/.erlang.cookie" in str(e), "/nonexistent/home" in str(e),
+                  "cookie=" in str(e))
+        print("RESULT", erlang.is_running())
+        erlang.start(node=sys.argv[2], cookie="given", env={"HOME": "/nonexistent/home"})
+        print("RESULT", erlang.apply("erlang", "get_cookie", []))
+        erlang.stop()
+        erlang.start(node=sys.argv[3], cookie="given2", env={"HOME": sys.argv[4]})
+        print("RESULT", erlang.apply("erlang", "get_cookie", []), os.listdir(sys.argv[4]))
+    """
+    proc = run_python(code, unique("py"), unique("py"), unique("py"), tmp_path)
+    assert result_lines(proc) == ["True True True", "False", "given", "given2 []"], \
+        proc.stdout + proc.stderr
 
 
 def helper_listening_addresses(pid):
