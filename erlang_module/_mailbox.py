@@ -364,7 +364,9 @@ class Mailbox:
         demonitor_node, one 'nodedown' still comes.  With no monitor of
         ``node`` left it does nothing.  A ``('nodedown', Node)`` that
         already arrived (the node went down before this call) is not taken
-        back: it is still received.
+        back: it is still received.  One still on its way is not: right
+        after monitor_node of a node that cannot be reached, the helper
+        may still be trying to connect, and then no 'nodedown' comes.
 
         Raises as :meth:`monitor_node` does: ``TypeError``/``ValueError``
         for a bad node name, :class:`Error` with reason ``notalive`` when
