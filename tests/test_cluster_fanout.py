@@ -15,9 +15,7 @@ import time
 import pytest
 
 import erlang
-from test_cluster import Cluster, cluster, nodes_of_test, wait_connected  # noqa: F401
-
-A = erlang.Atom
+from test_cluster import cluster, nodes_of_test, wait_connected  # noqa: F401
 
 # The module loaded on the worker nodes: work(I, Ms) sleeps Ms ms and
 # returns {node(), I * 3 + 1}, so that each call's reply names its node and
@@ -102,12 +100,13 @@ def fanout(c, n, spread_ms, prefix):
             ok_b += 1
         else:
             assert type(exc) is erlang.NodeDown, (i, exc)
+            assert done_at[i] >= killed_at, i      # it was pending at the kill
             assert exc.node == b and isinstance(exc.node, erlang.Atom), (i, exc.node)
             down_b += 1
             down_last = max(down_last, done_at[i])
             down_first = done_at[i] if down_first is None else min(down_first, done_at[i])
     assert ok_b + down_b == n // 2
-    assert ok_b >= 1 and down_b >= 1, (ok_b, down_b)
+    assert ok_b >= b_total // 3 and down_b >= 1, (ok_b, down_b)
     # a's stream went on through the kill: the run was really mid-way.
     assert a_after_kill >= 1
     late = down_last - killed_at
