@@ -35,6 +35,7 @@
 -export([mailbox_monitor/2]).
 -export([mailbox_demonitor/2]).
 -export([mailbox_monitor_node/2]).
+-export([mailbox_demonitor_node/2]).
 -export([whereis/1]).
 
 -type name() :: atom() | binary() | string().
@@ -293,6 +294,20 @@ mailbox_monitor(Pid, Target) ->
 -spec mailbox_monitor_node(pid(), atom() | binary()) -> ok.
 mailbox_monitor_node(Pid, Node) ->
     case mailbox_request(Pid, {monitor_node, Node}) of
+        {ok, ok} -> ok;
+        {error, Reason} -> erlang:error(Reason, [Pid, Node])
+    end.
+
+%% Removes one monitor made by mailbox_monitor_node/2, with
+%% erlang:monitor_node(Node, false): the other monitors of Node stay, and
+%% none left is no error.  A {nodedown, Node} the mailbox has already
+%% received (Node went down before) still reaches Python.  Raises as
+%% mailbox_monitor_node/2 does: error:noproc if the mailbox is closed,
+%% error:notalive without distribution, error:badarg for a Node that is
+%% no atom or binary.
+-spec mailbox_demonitor_node(pid(), atom() | binary()) -> ok.
+mailbox_demonitor_node(Pid, Node) ->
+    case mailbox_request(Pid, {demonitor_node, Node}) of
         {ok, ok} -> ok;
         {error, Reason} -> erlang:error(Reason, [Pid, Node])
     end.

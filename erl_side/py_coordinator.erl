@@ -153,7 +153,8 @@
 %%              binary to register the process under, or undefined; the
 %%              reply is its pid, or ERROR badarg if Name is taken or Id in
 %%              use.  py:close_mailbox/1, py:mailbox_monitor/2,
-%%              py:mailbox_demonitor/2 and py:whereis/1 are APPLYs too.
+%%              py:mailbox_demonitor/2, py:mailbox_monitor_node/2,
+%%              py:mailbox_demonitor_node/2 and py:whereis/1 are APPLYs too.
 %%   MAILBOX_DOWN 37  Worker 0, Seq = a mailbox's Id: Reason: the mailbox's
 %%              process is gone (`closed` after py:close_mailbox/1, `killed`,
 %%              or what it crashed with) and Id is forgotten.  Written

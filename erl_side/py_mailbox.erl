@@ -85,7 +85,10 @@ loop(State = #state{coordinator = Coordinator}) ->
             ReplyTo ! {ReplyTo, monitor_target(Target)},
             loop(State);
         {'$py_mailbox', ReplyTo, {monitor_node, Node}} when is_reference(ReplyTo) ->
-            ReplyTo ! {ReplyTo, monitor_node(Node)},
+            ReplyTo ! {ReplyTo, node_monitor(Node, true)},
+            loop(State);
+        {'$py_mailbox', ReplyTo, {demonitor_node, Node}} when is_reference(ReplyTo) ->
+            ReplyTo ! {ReplyTo, node_monitor(Node, false)},
             loop(State);
         {'$py_mailbox', ReplyTo, {demonitor, Ref}} when is_reference(ReplyTo), is_reference(Ref) ->
             State1 = demonitor_target(Ref, State),
@@ -143,17 +146,19 @@ monitor_target({Name, Node}) ->
 monitor_target(_) ->
     {error, badarg}.
 
-%% This process monitors Node, so that {nodedown, Node} is one more
-%% message for Python.  erlang:monitor_node/2 connects first if need be
-%% (this process waits for that, as net_kernel:connect_node/1 would), and
-%% an unreachable node gives its nodedown at once; without distribution it
-%% raises notalive.
-monitor_node(Node) when is_atom(Node); is_binary(Node) ->
-    try erlang:monitor_node(to_atom(Node), true) of
+%% With Flag true, this process monitors Node, so that {nodedown, Node} is
+%% one more message for Python.  erlang:monitor_node/2 connects first if
+%% need be (this process waits for that, as net_kernel:connect_node/1
+%% would), and an unreachable node gives its nodedown at once.  With Flag
+%% false, one such monitor is removed (none there: nothing happens); a
+%% nodedown that has already arrived is not taken back, as in Erlang.
+%% Either way, without distribution it raises notalive.
+node_monitor(Node, Flag) when is_atom(Node); is_binary(Node) ->
+    try erlang:monitor_node(to_atom(Node), Flag) of
         true -> {ok, ok}
     catch error:Reason -> {error, Reason}
     end;
-monitor_node(_) ->
+node_monitor(_, _) ->
     {error, badarg}.
 
 %% Node names are atoms anyway, and a remote name cannot be checked here.

@@ -357,6 +357,29 @@ class Mailbox:
         from ._dist import _node   # the same checks as rpc()'s
         self._control("mailbox_monitor_node", _node(node))
 
+    def demonitor_node(self, node):
+        """Removes one monitor of ``node`` (``str`` or :class:`Atom`) made by
+        :meth:`monitor_node`, with ``erlang:monitor_node(Node, false)`` in
+        the mailbox's process: after two monitor_node calls and one
+        demonitor_node, one 'nodedown' still comes.  With no monitor of
+        ``node`` left it does nothing.  A ``('nodedown', Node)`` that
+        already arrived (the node went down before this call) is not taken
+        back: it is still received.  One still on its way is not: right
+        after monitor_node of a node that cannot be reached, the helper
+        may still be trying to connect, and then no 'nodedown' comes.
+
+        Raises as :meth:`monitor_node` does: ``TypeError``/``ValueError``
+        for a bad node name, :class:`Error` with reason ``notalive`` when
+        the helper is not a node (as ``erlang:monitor_node/2`` raises on a
+        node that is not alive), :class:`MailboxClosed` once the mailbox is
+        closed.
+
+        >>> mb.monitor_node("w1@myhost")
+        >>> mb.demonitor_node("w1@myhost")   # no 'nodedown' when w1 goes
+        """
+        from ._dist import _node
+        self._control("mailbox_demonitor_node", _node(node))
+
     def demonitor(self, ref):
         """Removes a monitor made by :meth:`monitor` (its 'DOWN' message, if
         it is still in the Erlang process, is dropped)."""

@@ -31,6 +31,14 @@ def test_monitor_node_without_distribution_raises_notalive():
             mb.monitor_node(5)
         with pytest.raises(ValueError):
             mb.monitor_node("no_at_sign")
+        # As erlang:monitor_node(N, false) on a node that is not alive.
+        with pytest.raises(erlang.Error) as e:
+            mb.demonitor_node(erlang.Atom("w1@nohost"))
+        assert e.value.reason == "notalive"
+        with pytest.raises(TypeError):
+            mb.demonitor_node(5)
+        with pytest.raises(ValueError):
+            mb.demonitor_node("no_at_sign")
 
 
 # ------------------------------------------------------------------ reached from other nodes
@@ -91,6 +99,48 @@ def test_monitor_node_of_an_unreachable_node_gives_nodedown_at_once(cluster):
         mb.close()
         with pytest.raises(erlang.MailboxClosed):
             mb.monitor_node(nobody)
+
+
+def test_demonitor_node_removes_one_monitor(nodes_of_test):
+    node, proc = nodes_of_test.spawn_connected("demon")
+    with erlang.Mailbox() as once, erlang.Mailbox() as twice:
+        once.monitor_node(node)
+        once.demonitor_node(node)
+        once.demonitor_node(erlang.Atom(node))     # none left: nothing happens
+        twice.monitor_node(node)
+        twice.monitor_node(node)
+        twice.demonitor_node(erlang.Atom(node))    # one of the two goes
+        with pytest.raises(TypeError):
+            twice.demonitor_node(b"x@y")
+        with pytest.raises(ValueError):
+            twice.demonitor_node("no_at_sign")
+        proc.send_signal(signal.SIGKILL)
+        assert twice.receive(timeout=5) == ("nodedown", node)
+        with pytest.raises(TimeoutError):
+            twice.receive(timeout=1.0)
+        with pytest.raises(TimeoutError):
+            once.receive(timeout=1.0)
+        once.close()
+        with pytest.raises(erlang.MailboxClosed):
+            once.demonitor_node(node)
+
+
+def test_demonitor_node_does_not_take_back_a_nodedown_that_came(nodes_of_test):
+    # The node is gone (the helper has dropped it) before demonitor_node:
+    # its nodedown is already in the mailbox, and stays there.
+    node, proc = nodes_of_test.spawn_connected("late")
+    with erlang.Mailbox() as mb:
+        mb.monitor_node(node)
+        proc.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while node in erlang.nodes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.1)
+        mb.demonitor_node(node)
+        assert mb.receive(timeout=5) == ("nodedown", node)
+        with pytest.raises(TimeoutError):
+            mb.receive(timeout=0.2)
 
 
 # ------------------------------------------------------------------ an Elixir node

@@ -695,7 +695,12 @@ mailbox_checks(P) ->
              recv_sorted(P, 2),
          {?K_ERROR, {error, badarg, _, _}} = reply(P, ?K_APPLY, 307, 13, {py, mailbox_monitor, [M, 42]}),
          {?K_ERROR, {error, badarg, _, _}} = reply(P, ?K_APPLY, 307, 14, {py, mailbox_demonitor, [M, 42]}),
-         ok = close(P, 307, 15, M, 5)
+         %% node monitors without distribution: notalive, as monitor_node/2
+         {?K_ERROR, {error, notalive, _, _}} = reply(P, ?K_APPLY, 307, 30, {py, mailbox_monitor_node, [M, <<"pt@nohost">>]}),
+         {?K_ERROR, {error, notalive, _, _}} = reply(P, ?K_APPLY, 307, 31, {py, mailbox_demonitor_node, [M, 'pt@nohost']}),
+         {?K_ERROR, {error, badarg, _, _}} = reply(P, ?K_APPLY, 307, 32, {py, mailbox_demonitor_node, [M, 42]}),
+         ok = close(P, 307, 15, M, 5),
+         {?K_ERROR, {error, noproc, _, _}} = reply(P, ?K_APPLY, 307, 33, {py, mailbox_demonitor_node, [M, 'pt@nohost']})
      end},
      {mailbox_demonitor_drops_a_queued_down, fun() ->
          %% a fresh mailbox, its window filled: the made-up 'DOWN' waits in

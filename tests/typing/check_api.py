@@ -181,6 +181,7 @@ def cluster() -> None:
     with erlang.Mailbox() as mb:
         mb.monitor_node(nobody)
         assert mb.receive(timeout=10) == ("nodedown", nobody)
+        mb.demonitor_node(Atom(nobody))
 
     async def main() -> None:
         assert await erlang.asyncio.rpc(me, "erlang", "node", timeout=5) == me
