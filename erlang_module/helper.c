@@ -93,7 +93,7 @@ erpy_reap(erpy_helper *b, int wait_ms)
     return status;
 }
 
-/* Reads the helper's stdout to its end (for at most 2 s, then kills the
+/* Reads the helper's stdout to its end (for at most 5 s, then kills the
  * helper) and records all of it, and what the reader had buffered, with its
  * stderr.  Only before HELLO, by the leader, without the lock. */
 void
@@ -104,7 +104,7 @@ erpy_drain_dying_words(erpy_helper *b)
     if (b->rend > b->rstart)
         capture_err(b, b->rbuf + b->rstart, b->rend - b->rstart);
     b->rstart = b->rend = 0;
-    uint64_t end = erpy_now_ns() + 2000ULL * 1000000ULL;
+    uint64_t end = erpy_now_ns() + 5000ULL * 1000000ULL;
     char buf[4096];
     for (;;) {
         uint64_t now = erpy_now_ns();

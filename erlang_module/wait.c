@@ -308,10 +308,10 @@ erpy_lead_once(erpy_helper *b, erpy_worker *self, int timeout_ms, int extra_fd)
     const char *why = rc == READ_EOF ? NULL
                       : rc == READ_ERROR ? "error reading from the helper"
                                          : "protocol error: bad frame from the helper (killed it)";
+    pthread_mutex_lock(&b->lock);
+    int booting = b->hello == NULL;
+    pthread_mutex_unlock(&b->lock);
     if (rc == READ_PROTOCOL) {
-        pthread_mutex_lock(&b->lock);
-        int booting = b->hello == NULL;
-        pthread_mutex_unlock(&b->lock);
         if (booting) {
             /* Not a frame, and no HELLO yet: the helper is dying before it
              * could speak the protocol, and the emulator prints its last
@@ -326,8 +326,12 @@ erpy_lead_once(erpy_helper *b, erpy_worker *self, int timeout_ms, int extra_fd)
         }
     }
     /* A helper that closed its stdout is exiting; 900 ms leaves time for a
-     * loaded machine while keeping "HelperExited within a second". */
-    int status = erpy_reap(b, 900);
+     * loaded machine while keeping "HelperExited within a second".  One
+     * that dies before its HELLO fails a start, which waits anyway: its own
+     * exit status is the report, so it gets 5 s: on a busy machine (or
+     * under valgrind) an emulator halting on "Kernel pid terminated" can
+     * take longer than 900 ms, and the start would report signal 9. */
+    int status = erpy_reap(b, booting ? 5000 : 900);
     pthread_mutex_lock(&b->lock);
     mark_dead(b, status, why);
     pthread_mutex_unlock(&b->lock);
