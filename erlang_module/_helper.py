@@ -189,10 +189,10 @@ def _check_dist(options):
     node = options.get("node")
     if node is not None:
         node_name(node)
-        for a in options.get("args") or ():
-            if os.fsdecode(a) in ("-sname", "-name", "-setcookie"):
-                raise ValueError("start option 'node' and %r in 'args' both start "
-                                 "distribution: give only one" % os.fsdecode(a))
+        flag = _flag_in_args(options, ("-sname", "-name", "-setcookie"))
+        if flag:
+            raise ValueError("start option 'node' and %r in 'args' both start "
+                             "distribution: give only one" % flag)
     cookie = options.get("cookie")
     if cookie is not None:
         if not isinstance(cookie, str):
@@ -218,11 +218,21 @@ def _check_dist(options):
     if tls is not None:
         if node is None:
             raise ValueError("start option 'tls' needs 'node': TLS is for distribution")
-        tls_files(tls)
-        for a in options.get("args") or ():
-            if os.fsdecode(a) in ("-proto_dist", "-ssl_dist_opt", "-ssl_dist_optfile"):
-                raise ValueError("start option 'tls' and %r in 'args' both configure the "
-                                 "distribution protocol: give only one" % os.fsdecode(a))
+        # Checked and made absolute once: a restart uses the same files,
+        # whatever the working directory is by then, without reading them.
+        options["tls"] = tls_files(tls)
+        flag = _flag_in_args(options, ("-proto_dist", "-ssl_dist_opt", "-ssl_dist_optfile"))
+        if flag:
+            raise ValueError("start option 'tls' and %r in 'args' both configure the "
+                             "distribution protocol: give only one" % flag)
+
+
+def _flag_in_args(options, flags):
+    """The first of `flags` in the `args` start option, or None."""
+    for a in options.get("args") or ():
+        if os.fsdecode(a) in flags:
+            return os.fsdecode(a)
+    return None
 
 
 # What a file of the `tls` start option must hold: its PEM block's label.
@@ -341,7 +351,7 @@ def command_line(options):
         argv.append("-nocookie")
     tls = options.get("tls")
     if tls is not None:
-        argv += _tls_args(tls_files(tls))
+        argv += _tls_args(tls)
     argv += [os.fspath(a) for a in options.get("args") or ()]
     # `-s` takes the plain words after it as arguments: keep it last.
     argv += ["-user", "py_user", "-s", "py_boot", "start"]
@@ -349,13 +359,15 @@ def command_line(options):
 
 
 def _tls_args(files):
-    """erl flags for distribution over TLS (inet_tls_dist) with these files:
+    """erl flags for distribution over TLS (inet_tls_dist) with these files
+    (absolute paths, as tls_files() gives them; keyfile: certfile's if absent):
     both sides of every connection present their certificate and verify the
     peer's against cacertfile; a client also checks that the certificate of
     the node it connects to names that node's host.  Only paths go in argv:
     net_kernel reads -proto_dist when distribution starts, at run time."""
     argv = ["-proto_dist", "inet_tls"]
-    opts = [("certfile", files["certfile"]), ("keyfile", files["keyfile"]),
+    certfile = files["certfile"]
+    opts = [("certfile", certfile), ("keyfile", files.get("keyfile", certfile)),
             ("cacertfile", files["cacertfile"]), ("verify", "verify_peer")]
     for side, extra in (("server", [("fail_if_no_peer_cert", "true")]), ("client", [])):
         argv.append("-ssl_dist_opt")

@@ -518,10 +518,6 @@ begin_frame(erpy_worker *w, int kind)
     return begin_frame_in(&w->out, kind);
 }
 
-/* Writes a frame of kind on (worker, seq) with payload (an ETF term,
- * version byte included), releasing the GIL while it waits for the
- * channel.  Returns 0 or -1 with an exception set (out of memory; a helper
- * that is gone is not an error here: its reader reports it). */
 /* Builds the whole frame (length, header, payload) in out.  Returns 0 or -1
  * with MemoryError set (out is freed by the caller either way). */
 static int
@@ -539,6 +535,10 @@ build_frame(erpy_buf *out, int kind, uint32_t worker, uint32_t seq, const char *
     return 0;
 }
 
+/* Writes a frame of kind on (worker, seq) with payload (an ETF term,
+ * version byte included), releasing the GIL while it waits for the
+ * channel.  Returns 0 or -1 with an exception set (out of memory; a helper
+ * that is gone is not an error here: its reader reports it). */
 static int
 write_frame(erpy_helper *b, int kind, uint32_t worker, uint32_t seq, const char *payload,
             size_t plen)
