@@ -104,6 +104,16 @@ erpy_drain_dying_words(erpy_helper *b)
     if (b->rend > b->rstart)
         capture_err(b, b->rbuf + b->rstart, b->rend - b->rstart);
     b->rstart = b->rend = 0;
+    if (b->big != NULL) {
+        /* A "frame" being read into a buffer of its own: its length bytes
+         * and what came after them were text too. */
+        char len[4];
+        erpy_put_be32(len, (uint32_t)b->big->blen);
+        capture_err(b, len, sizeof len);
+        capture_err(b, b->big->body, b->big_have);
+        erpy_frames_free(b->big);
+        b->big = NULL;
+    }
     uint64_t end = erpy_now_ns() + 5000ULL * 1000000ULL;
     char buf[4096];
     for (;;) {

@@ -311,7 +311,12 @@ erpy_lead_once(erpy_helper *b, erpy_worker *self, int timeout_ms, int extra_fd)
     pthread_mutex_lock(&b->lock);
     int booting = b->hello == NULL;
     pthread_mutex_unlock(&b->lock);
-    if (rc == READ_PROTOCOL) {
+    if (rc == READ_EOF && booting && (b->rend > b->rstart || b->big != NULL)) {
+        /* Died before its HELLO, having written what is no frame and too
+         * short to be seen as none (less than a header, or a "length" and
+         * then nothing more): those bytes are its last words too. */
+        erpy_drain_dying_words(b);
+    } else if (rc == READ_PROTOCOL) {
         if (booting) {
             /* Not a frame, and no HELLO yet: the helper is dying before it
              * could speak the protocol, and the emulator prints its last

@@ -39,6 +39,17 @@ def test_a_helper_that_cannot_start_reports_its_own_reason_every_time(
         assert "during start-up" in str(err)
 
 
+def test_a_few_bytes_written_to_stdout_before_dying_are_kept(restore_helper):
+    # Fewer bytes than a frame header on fd 1, then exit: not seen as a bad
+    # frame, yet part of the reason (OTP's early logger prints report values
+    # with erlang:display/1, to stdout).  They were lost at end of file.
+    err = failed_start(args=["-eval", 'io:format(standard_error, "on stderr~n", []), '
+                                      'erlang:display(ab), halt(3).'])
+    assert err.status == 3
+    assert "on stderr" in str(err)
+    assert "(written to stdout:)\nab" in str(err) and "ab" in err.stderr
+
+
 def test_the_message_holds_the_whole_error_text_not_only_its_end(restore_helper):
     # 300 lines of which the first says why: a tail would cut it.
     source = ('io:format(standard_error, "the real cause~n", []), '
