@@ -23,18 +23,22 @@ def failed_start(**options):
 
 @pytest.mark.parametrize("args, status, cause", [
     # net_kernel refuses a long name without a domain; the emulator prints
-    # "Kernel pid terminated" on fd 1 (the channel) as it dies.
-    (["-name", "nodomain"], 1, "Can't set long node name!"),
+    # "Kernel pid terminated" on fd 1 (the channel) as it dies.  The first
+    # text is net_kernel's log line; while kernel's own log handler is not
+    # up yet, OTP's fallback prints that event's text with erlang:display
+    # and it has been seen missing from the output (under the ASan run);
+    # kernel's failure report, naming net_kernel, is the reason then.
+    (["-name", "nodomain"], 1, ("Can't set long node name!",
+                                "failed_to_start_child,net_kernel")),
     # init prints "init terminating in do_boot" on fd 1 too.
-    (["-boot", "/nonexistent/no_such_boot"], 1, "cannot get bootfile"),
+    (["-boot", "/nonexistent/no_such_boot"], 1, ("cannot get bootfile",)),
 ], ids=["long-name-without-domain", "missing-boot-file"])
 def test_a_helper_that_cannot_start_reports_its_own_reason_every_time(
         args, status, cause, restore_helper):
     for _ in range(20):
         err = failed_start(args=args)
         assert err.status == status, str(err)
-        assert cause in str(err)
-        assert cause in err.stderr
+        assert any(c in str(err) and c in err.stderr for c in cause), str(err)
         assert "signal" not in str(err)
         assert "during start-up" in str(err)
 
